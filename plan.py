@@ -1,8 +1,10 @@
-"""Plan a path to a goal image with a world model: ``python plan.py --goal img.png``.
+"""Plan 8 waypoints towards a goal image: ``python plan.py --goal img.png``.
 
-Planning (the CEM planner over the world model, GNM/NoMaD baselines) arrives
-with issue 6. Until then this checks the inputs, shows what the planner will
-see, and prints the ground-truth motion when the goal is the shipped example.
+The context (the robot's last frames, oldest first) comes from ``--context``;
+without it, the shipped example context under ``examples/`` is used. The plan
+is printed in spacing units and metres (x forward, y left, yaw CCW), with the
+chosen cost; a figure shows the context, the goal, the world model's imagined
+rollout of the plan and the waypoints from above.
 """
 
 from __future__ import annotations
@@ -10,50 +12,118 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = ROOT / "examples"
+DEFAULT_CKPT = ROOT / "checkpoints" / "maze"
 
 
-def load_image(path: str, size: int = 64) -> np.ndarray:
+def load_image(path: str, size: int) -> np.ndarray:
     """RGB uint8 (size, size, 3); a user mistake raises ValueError with one line that says what to fix."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"goal/context image {path!r} does not exist; pass the path of a PNG or JPEG file")
+        raise ValueError(f"image {path!r} does not exist; pass the path of a PNG or JPEG file")
     img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f"cannot read {path!r} as an image (corrupt or not PNG/JPEG); re-export it as PNG")
     if img.ndim != 3 or img.shape[2] != 3:
         channels = 1 if img.ndim == 2 else img.shape[2]
-        raise ValueError(f"{path!r} has {channels} channel(s); the world model needs RGB (3 channels)")
+        raise ValueError(f"{path!r} has {channels} channel(s); the planner needs RGB images (3 channels)")
     from nav_come.data.recon import square_resize
 
     return square_resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
 
 
-def main(argv=None) -> int:
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1]."""
+    return (torch.from_numpy(frames).float() / 255).movedim(-1, -3)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--goal", required=True, help="goal image (PNG/JPEG, RGB)")
-    p.add_argument("--context", nargs="+", help="context images, oldest first (default: the shipped example)")
-    p.add_argument("--json", help="write the result as JSON here")
-    args = p.parse_args(argv)
+    p.add_argument("--context", nargs="+", help="context images, oldest first (default: examples/context_*.png)")
+    p.add_argument("--method", default="nwm", help="come | nwm | gnm | nomad")
+    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint folder (ae/, base/, gnm/, nomad/)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=5, help="sampler steps per prediction")
+    p.add_argument("--candidates", type=int, default=120)
+    p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
+    p.add_argument("--rollouts", type=int, default=3, help="stochastic rollouts averaged per candidate")
+    p.add_argument("--distance", default="auto", help="auto | lpips | dssim | latent_mse")
+    p.add_argument("--lpips-weights", help="TorchScript LPIPS module; without it LPIPS is not used")
+    p.add_argument("--figure", default=str(ROOT / "outputs" / "plan.png"))
+    p.add_argument("--json", help="write the plan as JSON here")
+    return p.parse_args(argv)
+
+
+def run(args) -> dict:
+    from nav_come.data.config import data_config
+    from planners import cem
+    from planners.methods import load_method
+
+    method = args.method.lower()
+    planner = load_method(method, args.ckpt, args.device, distance=args.distance, sampler_steps=args.steps,
+                          rollouts=args.rollouts, lpips_weights=args.lpips_weights,
+                          cem_config=cem.CEMConfig(n_candidates=args.candidates, iterations=args.iterations))
+    size = planner.world_model.ae.config.image_size if hasattr(planner, "world_model") else 64
+    n_ctx = planner.world_model.context if hasattr(planner, "world_model") else 4
+    paths = args.context or sorted(map(str, EXAMPLES.glob("context_*.png")))
+    if len(paths) < n_ctx:
+        raise ValueError(f"{len(paths)} context image(s) given; the model needs {n_ctx} (oldest first)")
+    context = np.stack([load_image(c, size) for c in paths[-n_ctx:]])  # (C, H, W, 3)
+    goal = load_image(args.goal, size)
+    gen = torch.Generator().manual_seed(args.seed)
+    start = time.perf_counter()
+    res = planner(to_tensor(context)[None], to_tensor(goal), generator=gen, imagine=True)
+    seconds = time.perf_counter() - start
+    spacing = data_config("nav_come_sim").metric_waypoint_spacing
+    wp = res.waypoints.numpy().astype(float)
+    wp_m = np.concatenate([wp[:, :2] * spacing, wp[:, 2:]], 1)
+    return {"method": method, "waypoints": wp.round(4).tolist(), "waypoints_m": wp_m.round(4).tolist(),
+            "cost": res.cost, "cost_name": res.cost_name, "seconds": round(seconds, 2), "seed": args.seed,
+            "_context": context, "_goal": goal, "_imagined": res.imagined, "_spacing": spacing}
+
+
+def report(out: dict, args) -> None:
+    print(f"method {out['method']}, planned in {out['seconds']:.1f} s (seed {out['seed']})")
+    print(f"{'k':>2} {'x':>7} {'y':>7} {'yaw':>7}   {'x (m)':>7} {'y (m)':>7}")
+    for k, (w, m) in enumerate(zip(out["waypoints"], out["waypoints_m"], strict=True), 1):
+        print(f"{k:>2} {w[0]:>7.2f} {w[1]:>7.2f} {w[2]:>7.2f}   {m[0]:>7.2f} {m[1]:>7.2f}")
+    if out["cost"] is not None:
+        print(f"cost ({out['cost_name']}): {out['cost']:.4f}")
+    from eval.figures import plan_figure
+
+    imagined = out["_imagined"]
+    if imagined is not None:
+        imagined = (imagined.permute(0, 2, 3, 1).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    fig = plan_figure(args.figure, out["_context"], out["_goal"], np.asarray(out["waypoints"]), out["_spacing"],
+                      imagined, title=f"{out['method']} plan")
+    print(f"figure: {fig}")
+    if args.json:
+        from nav_come.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({k: v for k, v in out.items() if not k.startswith("_")}, indent=2))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from nav_come.checkpoint import CheckpointError
+    from planners.methods import MethodUnavailable
+
     try:
-        goal = load_image(args.goal)
-        context = [load_image(c) for c in (args.context or sorted(map(str, EXAMPLES.glob("context_*.png"))))]
-    except ValueError as err:
+        out = run(args)
+    except (ValueError, CheckpointError, MethodUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"goal {goal.shape}, {len(context)} context frames of {context[0].shape}")
-    print("The CEM planner over the world model is not built yet (issue 6); nothing is planned.")
-    meta = EXAMPLES / "example.json"
-    if args.context is None and meta.is_file():
-        truth = json.loads(meta.read_text())["true_waypoints"]
-        print("ground-truth waypoints of the shipped example (spacing units, x fwd, y left, yaw):")
-        for k, w in enumerate(truth, 1):
-            print(f"  {k}: {w[0]:+.2f} {w[1]:+.2f} {w[2]:+.2f}")
+    report(out, args)
     return 0
 
 

@@ -1,0 +1,72 @@
+"""Figures people look at: a plan (context, goal, imagined rollout, waypoints) and trajectory plots."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nav_come.io import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _strip(ax, frames: list[np.ndarray], title: str) -> None:
+    ax.imshow(np.concatenate(frames, 1))
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def plan_figure(path, context: np.ndarray, goal: np.ndarray, waypoints: np.ndarray, spacing: float,
+                imagined: np.ndarray | None = None, truth: np.ndarray | None = None, title: str = "") -> Path:
+    """context (C, H, W, 3) uint8; goal (H, W, 3); waypoints (K, 3) spacing units; imagined (K, H, W, 3)."""
+    fig = plt.figure(figsize=(11, 5.2))
+    grid = fig.add_gridspec(3, 3, width_ratios=[3, 1, 2.2])
+    _strip(fig.add_subplot(grid[0, 0]), list(context), "context (oldest → newest)")
+    ax = fig.add_subplot(grid[0, 1])
+    ax.imshow(goal)
+    ax.set_title("goal", fontsize=9)
+    ax.axis("off")
+    if imagined is not None:
+        _strip(fig.add_subplot(grid[1, :2]), list(imagined), "imagined rollout of the plan (world model)")
+    ax = fig.add_subplot(grid[:, 2])
+    xy = np.vstack([[0, 0], waypoints[:, :2]]) * spacing
+    ax.plot(-xy[:, 1], xy[:, 0], "o-", color="tab:blue", label="plan")
+    if truth is not None:
+        t = np.vstack([[0, 0], truth[:, :2]]) * spacing
+        ax.plot(-t[:, 1], t[:, 0], "s--", color="tab:green", label="ground truth")
+    ax.plot([0], [0], "k^", markersize=10)
+    ax.set_xlabel("← left   y (m)   right →")
+    ax.set_ylabel("x forward (m)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("waypoints, robot frame", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def trajectories_figure(path, samples: list[dict], spacing: float, title: str = "") -> Path:
+    """samples: [{"gt": (K, 3), "methods": {name: (K, 3)}}] in spacing units; one panel per sample."""
+    n = len(samples)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
+    for ax, s in zip(axes[0], samples, strict=True):
+        for name, wp in [("ground truth", s["gt"]), *s["methods"].items()]:
+            xy = np.vstack([[0, 0], np.asarray(wp)[:, :2]]) * spacing
+            ax.plot(-xy[:, 1], xy[:, 0], "s--" if name == "ground truth" else "o-", label=name, markersize=3)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.set_title(s.get("label", ""), fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,208 @@
+"""Prediction quality of the world model on the test split (unseen worlds).
+
+    python eval/predict.py --data DIR [--ckpt PATH] [--json out.json] [--grid out.png]
+
+For ``--n-samples`` random windows (context frames t-C+1..t, future frames t+1..t+8) it
+reports PSNR and SSIM (and LPIPS when user weights are available, else null) at horizons
+1, 2, 4 and 8 for:
+
+- ``world_model``: an autoregressive latent rollout driven by the ground-truth one-step
+  actions (pose k+1 in the frame of pose k, spacing units), the prediction replacing the
+  oldest context frame;
+- ``copy_last``: the newest context frame, unchanged (the trivial baseline);
+- ``ae_recon``: the autoencoder's reconstruction of the true frame (the ceiling).
+
+Per-image PSNR is capped at 100 dB so that identical images (a robot standing still)
+keep the mean finite. ``--json`` writes the contract other tools read::
+
+    {"rows": [{"method", "horizon", "psnr", "ssim", "lpips", "n"}, ...],
+     "data": str, "split": "test", "seed": int}
+
+Without ``--ckpt`` the shipped checkpoint (``checkpoints/maze``) is used.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from eval.metrics import lpips, lpips_available, psnr, ssim  # noqa: E402
+from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.data import TrajectoryDataset  # noqa: E402
+from nav_come.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from nav_come.world_model import WorldModel  # noqa: E402
+
+HORIZONS = (1, 2, 4, 8)
+PSNR_CAP = 100.0  # dB
+GRID_ROWS = 4  # samples shown in the PNG grid
+
+# A method maps (model, batch, generator, steps) to predicted future frames (B, K, 3, H, W).
+Method = Callable[[WorldModel, dict, torch.Generator, "int | None"], torch.Tensor]
+
+
+def world_model(model: WorldModel, batch: dict, generator: torch.Generator, steps: int | None) -> torch.Tensor:
+    return model.rollout(batch["context"], batch["step_actions"], generator, steps)["frames"]
+
+
+def copy_last(model: WorldModel, batch: dict, generator: torch.Generator, steps: int | None) -> torch.Tensor:
+    return batch["context"][:, -1:].expand_as(batch["future"])
+
+
+def ae_recon(model: WorldModel, batch: dict, generator: torch.Generator, steps: int | None) -> torch.Tensor:
+    return model.decode(model.encode(batch["future"]))
+
+
+METHODS: dict[str, Method] = {"world_model": world_model, "copy_last": copy_last, "ae_recon": ae_recon}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python eval/predict.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
+    p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT, help="world model folder (ae/ and base/)")
+    p.add_argument("--json", type=Path, help="write the rows here (see the contract above)")
+    p.add_argument("--grid", type=Path, help="write a PNG grid of ground truth next to predictions")
+    p.add_argument("--n-samples", type=int, default=256, help="test windows evaluated")
+    p.add_argument("--seed", type=int, default=0, help="picks the windows and the sampler noise")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the world model's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/test")
+    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    return p
+
+
+def _scores(pred: torch.Tensor, target: torch.Tensor, with_lpips: bool) -> dict[str, torch.Tensor]:
+    """Per-image metrics of (B, 3, H, W) batches in [0, 1]."""
+    out = {"psnr": psnr(pred, target).clamp(max=PSNR_CAP), "ssim": ssim(pred, target)}
+    if with_lpips:
+        out["lpips"] = lpips(pred, target)
+    return out
+
+
+def evaluate(
+    model: WorldModel,
+    data: TrajectoryDataset,
+    indices: np.ndarray,
+    seed: int,
+    steps: int | None = None,
+    batch_size: int = 32,
+    methods: dict[str, Method] = METHODS,
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Metric rows per (method, horizon), and the first GRID_ROWS samples' frames for the grid."""
+    generator = torch.Generator().manual_seed(seed)
+    with_lpips = lpips_available()
+    scores: dict[tuple[str, int], dict[str, list]] = {}
+    shown: dict[str, torch.Tensor] = {}
+    for start in range(0, len(indices), batch_size):
+        items = [data[int(i)] for i in indices[start : start + batch_size]]
+        batch = {
+            k: torch.stack([it[k] for it in items]).to(model.device) for k in ("context", "future", "step_actions")
+        }
+        preds = {"ground_truth": batch["future"]}
+        preds |= {name: fn(model, batch, generator, steps).float() for name, fn in methods.items()}
+        for name in methods:
+            for h in HORIZONS:
+                s = _scores(preds[name][:, h - 1].cpu(), batch["future"][:, h - 1].cpu(), with_lpips)
+                acc = scores.setdefault((name, h), {})
+                for metric, values in s.items():
+                    acc.setdefault(metric, []).append(values)
+        if not shown:
+            shown = {k: v[:GRID_ROWS].cpu() for k, v in preds.items()} | {"context": batch["context"][:GRID_ROWS].cpu()}
+    rows = []
+    for (name, h), acc in scores.items():
+        mean = {m: float(torch.cat(v).mean()) for m, v in acc.items()}
+        n = int(sum(len(v) for v in acc["psnr"]))
+        rows.append({"method": name, "horizon": h, "psnr": mean["psnr"], "ssim": mean["ssim"],
+                     "lpips": mean.get("lpips"), "n": n})  # fmt: skip
+    return rows, shown
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'method':<14}{'horizon':>8}{'PSNR':>9}{'SSIM':>8}{'LPIPS':>8}{'n':>7}"]
+    for r in rows:
+        lp = f"{r['lpips']:.3f}" if r["lpips"] is not None else "-"
+        lines.append(f"{r['method']:<14}{r['horizon']:>8}{r['psnr']:>9.2f}{r['ssim']:>8.3f}{lp:>8}{r['n']:>7}")
+    return "\n".join(lines)
+
+
+def save_grid(path: Path, shown: dict[str, torch.Tensor]) -> None:
+    """PNG: per sample, a ground-truth row (newest context frame, then t+1..t+K) and one row per
+    predicting method (copy_last is left out: it is the context frame repeated)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in shown if k not in ("context", "copy_last")]  # ground_truth first
+    B, K, _, H, W = shown["ground_truth"].shape
+    pad = 2
+    mosaic = np.ones((B * len(kinds) * (H + pad), (K + 1) * (W + pad), 3), np.float32)
+    labels = []
+    for b in range(B):
+        for r, kind in enumerate(kinds):
+            y = (b * len(kinds) + r) * (H + pad)
+            cells = ([shown["context"][b, -1]] if kind == "ground_truth" else [None]) + list(shown[kind][b])
+            for c, img in enumerate(cells):
+                if img is not None:
+                    mosaic[y : y + H, c * (W + pad) : c * (W + pad) + W] = img.permute(1, 2, 0).clamp(0, 1).numpy()
+            labels.append((y + H / 2, kind))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * (K + 1), 0.9 * B * len(kinds)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([y for y, _ in labels], [k for _, k in labels], fontsize=7)
+    ax.set_xticks(
+        [c * (W + pad) + W / 2 for c in range(K + 1)], ["t"] + [f"t+{k}" for k in range(1, K + 1)], fontsize=7
+    )
+    ax.tick_params(length=0)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.n_samples < 1 or args.batch_size < 1:
+        print("predict: error: --n-samples and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        model = WorldModel.from_pretrained(args.ckpt, device=args.device, bf16=args.bf16)
+        data = TrajectoryDataset(
+            args.data, "test", split_dir=args.split_dir, dataset=args.dataset, context_size=model.context,
+            pred_len=max(HORIZONS), goal_offset=None, image_size=model.ae.config.image_size, cache=False,
+        )  # fmt: skip
+    except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
+        print(f"predict: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(args.seed)
+    indices = np.sort(rng.choice(len(data), min(args.n_samples, len(data)), replace=False))
+    rows, shown = evaluate(model, data, indices, args.seed, args.steps, args.batch_size)
+    print(format_table(rows))
+    if args.json:
+        report = {"rows": rows, "data": str(args.data), "split": "test", "seed": args.seed}
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if args.grid:
+        save_grid(args.grid, shown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

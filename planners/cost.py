@@ -1,0 +1,86 @@
+"""Planning costs: how far an imagined rollout ends from the goal image.
+
+``GoalDistance`` is the perceptual distance between the last imagined frame and
+the goal. It is LPIPS only when the user supplies LPIPS weights; otherwise it is
+an offline distance that says its own name (``1-SSIM``, or MSE between
+autoencoder latents), so a printed cost is never mislabelled.
+
+``world_model_cost`` turns a world model and a goal into the cost function the
+CEM planner takes: it rolls every candidate out ``rollouts`` times with a
+sliding context and averages the distances, as in NWM's protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from eval.metrics import lpips, lpips_available, ssim
+from nav_come.geometry import step_actions, waypoints_from_actions
+
+DISTANCES = ("auto", "lpips", "dssim", "latent_mse")
+
+
+class GoalDistance:
+    """Distance from predicted frames (N, 3, H, W) in [0, 1] to one goal frame (3, H, W); lower is closer."""
+
+    def __init__(self, kind: str = "auto", lpips_weights: str | None = None):
+        if kind not in DISTANCES:
+            raise ValueError(f"unknown goal distance {kind!r}; choose one of {', '.join(DISTANCES)}")
+        if kind == "auto":
+            kind = "lpips" if lpips_available(lpips_weights) else "dssim"
+        self.kind, self.lpips_weights = kind, lpips_weights
+
+    @property
+    def name(self) -> str:
+        return {"lpips": "LPIPS", "dssim": "1-SSIM (pixels)", "latent_mse": "MSE of autoencoder latents"}[self.kind]
+
+    @property
+    def needs_pixels(self) -> bool:
+        return self.kind != "latent_mse"
+
+    def __call__(self, pred: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """pred: (N, ...) frames or latents; goal: (...) the same kind, one sample. Returns (N,)."""
+        goal = goal.to(pred.device, pred.dtype).expand_as(pred)
+        if self.kind == "lpips":
+            return lpips(pred, goal, weights=self.lpips_weights).flatten()
+        if self.kind == "dssim":
+            return 1.0 - ssim(pred.clamp(0, 1), goal)
+        return (pred - goal).pow(2).flatten(1).mean(1)
+
+
+def path_length(deltas: torch.Tensor) -> torch.Tensor:
+    """Length of each candidate's path in spacing units: (N, H, 3) -> (N,)."""
+    return deltas[..., :2].norm(dim=-1).sum(-1)
+
+
+def world_model_cost(
+    world_model,
+    context: torch.Tensor,
+    goal: torch.Tensor,
+    distance: GoalDistance,
+    rollouts: int = 3,
+    generator: torch.Generator | None = None,
+    length_weight: float = 0.0,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The CEM cost: per-step deltas (N, H, 3) in the start frame -> (N,) mean goal distance.
+
+    context: (1, C, 3, H, W) frames; goal: (3, H, W) frame in [0, 1]. The context is
+    encoded once here, not once per candidate or per CEM iteration.
+    """
+    ctx = world_model.encode(context.to(world_model.device))  # (1, C, c, h, w)
+    target = goal if distance.needs_pixels else world_model.encode(goal[None, None].to(world_model.device))[0, 0]
+
+    def cost(deltas: torch.Tensor) -> torch.Tensor:
+        N, H, _ = deltas.shape
+        poses = torch.cat([deltas.new_zeros(N, 1, 3), waypoints_from_actions(deltas)], 1)  # (N, H+1, 3)
+        steps = step_actions(poses).repeat_interleave(rollouts, 0)  # (N*R, H, 3) motions in the moving frame
+        out = world_model.rollout(ctx, steps, generator=generator, decode=False)
+        last = out["latents"][:, -1]  # (N*R, c, h, w): only the final frame is compared
+        if distance.needs_pixels:
+            last = world_model.decode(last)  # (N*R, 3, H, W)
+        d = distance(last, target).view(N, rollouts).mean(1)  # (N,)
+        return d + length_weight * path_length(deltas).to(d)
+
+    return cost

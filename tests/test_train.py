@@ -1,0 +1,167 @@
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import make_fake_dataset, make_fake_trajectory
+from safetensors.torch import load_file
+
+from nav_come.autoencoder import AEConfig, Autoencoder
+from nav_come.checkpoint import CONFIG, WEIGHTS
+from nav_come.data import read_trajectory, relative_poses, revisit_mask, write_split
+from nav_come.latents import LatentWindowDataset, encode_split
+from nav_come.train import main
+from nav_come.train_loop import LoopConfig, fit, setup_distributed
+from nav_come.world_model import WorldModel
+
+TINY = ["--preset", "tiny", "--image-size", "32", "--ae-steps", "3", "--ae-batch-size", "4", "--batch-size", "4"]
+TINY += ["--val-every", "2", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    make_fake_dataset(root, {"train": 2, "test": 1}, T=24, H=32)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["--data", str(data_dir), "--out", str(out), "--steps", "4", *TINY]) == 0
+    return out
+
+
+def metadata(path):
+    return json.loads((path / CONFIG).read_text())["metadata"]
+
+
+def test_end_to_end_writes_a_loadable_world_model(run):
+    meta = metadata(run / "base")
+    assert meta["steps"] == 4 and isinstance(meta["val_loss"], float)
+    assert meta["schedule"] == {"logsnr_min": -10.0, "logsnr_max": 10.0}
+    assert meta["command"].startswith("python -m nav_come.train --data")
+    assert metadata(run / "ae")["steps"] == 3 and len(list((run / "cache").glob("latents-*"))) == 2
+    wm = WorldModel.from_pretrained(run)
+    assert wm.ae.config.scale_factor != 1.0  # estimated from the data
+    out = wm.predict(torch.rand(1, 4, 3, 32, 32), torch.zeros(2, 3), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 32, 32)
+
+
+def test_resume_continues_exactly_where_it_stopped(run, data_dir, tmp_path):
+    ae_before = (run / "ae" / CONFIG).read_bytes()
+    assert main(["--data", str(data_dir), "--out", str(run), "--steps", "6", *TINY]) == 0
+    assert metadata(run / "base")["steps"] == 6
+    assert (run / "ae" / CONFIG).read_bytes() == ae_before  # the finished AE stage is skipped
+    assert len(list((run / "cache").glob("latents-*"))) == 2  # cached latents reused
+    fresh = tmp_path / "fresh"
+    args = ["--data", str(data_dir), "--out", str(fresh), "--stage", "dit", "--ae", str(run / "ae"), "--steps", "6"]
+    assert main([*args, *TINY]) == 0
+    resumed, straight = load_file(run / "base" / WEIGHTS), load_file(fresh / "base" / WEIGHTS)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"--data": "/nonexistent/data"}, "data folder /nonexistent/data does not exist"),
+        ({"--preset": "huge"}, "unknown preset 'huge'"),
+        ({"--stage": "dit", "--ae": "/nonexistent/ae"}, "checkpoint folder /nonexistent/ae does not exist"),
+        ({"--dataset": "nowhere", "--stage": "dit"}, "unknown dataset 'nowhere'"),
+        (
+            {"--split-dir": "/nonexistent/splits", "--stage": "dit"},
+            "split file /nonexistent/splits/train/traj_names.txt does not exist",
+        ),
+    ],
+)
+def test_user_mistakes_print_one_line_and_return_2(run, data_dir, capsys, change, match):
+    args = {"--data": str(data_dir), "--out": str(run), "--steps": "4", **change}
+    argv = [*TINY, *(x for kv in args.items() for x in kv)]  # later options win in argparse
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0] and "Traceback" not in err[0]
+
+
+def test_interrupt_saves_the_state_and_the_export(tmp_path):
+    model, calls, exports = Autoencoder(AEConfig(image_size=32, widths=(8, 8))), [], []
+
+    def loss_fn(m, g):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return m.loss(torch.rand(2, 3, 32, 32, generator=g))
+
+    loop = LoopConfig(steps=10, batch_size=2, lr=1e-3, bf16=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, "ae", loss_fn, loop, setup_distributed("cpu"), tmp_path / "last", lambda m, i: exports.append(i))
+    assert torch.load(tmp_path / "last" / "trainer.pt", weights_only=True)["step"] == 2
+    assert exports[-1]["steps"] == 2
+    shutil.rmtree(tmp_path / "last")
+
+
+def test_loop_config_errors_name_the_values():
+    with pytest.raises(ValueError, match="-1"):
+        LoopConfig(steps=-1, batch_size=2, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def latents(data_dir, tmp_path_factory):
+    torch.manual_seed(0)
+    ae, cache = Autoencoder(AEConfig(image_size=32, widths=(8, 8, 8))), tmp_path_factory.mktemp("cache")
+    return ae, cache, encode_split(ae, "key", data_dir, "train", cache, progress=False)
+
+
+def test_latent_cache_holds_every_frame_once(latents, data_dir, monkeypatch):
+    ae, cache, data = latents
+    assert data.latents.shape == (48, 4, 8, 8) and data.latents.dtype == torch.float16
+    tr = read_trajectory(data_dir / data.names[1], image_size=32)
+    frames = torch.from_numpy(tr.frames).permute(0, 3, 1, 2)
+    assert torch.allclose(data.latents[data.trajectory(1)].float(), ae.encode(frames), atol=2e-2)
+    monkeypatch.setattr("nav_come.latents.read_trajectory", lambda *a, **k: pytest.fail("encoded twice"))
+    again = encode_split(ae, "key", data_dir, "train", cache, progress=False)
+    assert torch.equal(again.latents, data.latents) and again.names == data.names
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_windows_match_the_data_conventions(latents, data_dir):
+    _, _, data = latents
+    windows = LatentWindowDataset(data, context=4, max_shift=3, spacing=0.25)
+    assert len(windows) == 2 * (24 - 4)  # t = 3..22 in each trajectory
+    tr = read_trajectory(data_dir / data.names[1], load_images=False)
+    start = data.trajectory(1).start
+    for i in range(len(windows)):
+        t = int(windows.index[i]) - start
+        if t < 0:
+            continue
+        item = windows[i]
+        s = int(item["shift"])
+        assert 1 <= s <= min(3, 23 - t)
+        assert torch.equal(item["context"], data.latents[start + t - 3 : start + t + 1].float())
+        assert torch.equal(item["target"], data.latents[start + t + s].float())
+        expected = relative_poses(tr.position, tr.yaw, t, [s], 0.25)[0]
+        assert torch.allclose(item["action"], torch.from_numpy(expected).float(), atol=1e-5)
+
+
+def test_sample_batch_is_seeded_and_weights_revisits(tmp_path):
+    torch.manual_seed(0)
+    make_fake_trajectory(tmp_path / "loop", T=60, H=32, loop=True)
+    write_split(tmp_path / "splits" / "train" / "traj_names.txt", ["loop"])
+    ae = Autoencoder(AEConfig(image_size=32, widths=(8, 8, 8)))
+    data = encode_split(ae, "key", tmp_path, "train", tmp_path / "cache", progress=False)
+    plain = LatentWindowDataset(data, 4, 4, 0.25)
+    a, b = (plain.sample_batch(16, torch.Generator().manual_seed(1)) for _ in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a) and a["context"].shape == (16, 4, 4, 8, 8)
+    weighted = LatentWindowDataset(data, 4, 4, 0.25, revisit_weight=5.0)
+    revisit = torch.from_numpy(revisit_mask(data.poses[:, :2].numpy(), data.poses[:, 2].numpy()))
+    is_revisit = revisit[weighted.index + 1]  # (N,) whether each window's one-step target is a revisit
+    assert 0 < is_revisit.float().mean() < 1  # the loop closes after a lap
+    assert torch.equal(weighted.weights, torch.where(is_revisit, 5.0, 1.0).double())
+
+
+def test_corrupt_resume_state_is_one_line(run, data_dir, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "last" / "base" / "trainer.pt").write_bytes(b"garbage")
+    assert main(["--data", str(data_dir), "--out", str(copy), "--steps", "9", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "trainer.pt is corrupt" in err and "delete" in err
