@@ -2,7 +2,7 @@
 
 - ``nwm``: the CEM planner over the base world model (NWM protocol);
 - ``gnm``, ``nomad``: goal-conditioned policies;
-- ``come``: the CEM planner over the composed memory experts (needs their checkpoints).
+- ``come``, ``nwm+stm``, ``nwm+ltm``: the CEM planner over composed memory experts (needs their checkpoints).
 
 Checkpoints live in one folder per dataset, e.g. ``checkpoints/maze/{ae,base,gnm,nomad}``.
 """
@@ -18,7 +18,7 @@ from nav_come.geometry import step_actions, waypoints_from_actions
 from planners import cem
 from planners.cost import GoalDistance, world_model_cost
 
-METHODS = ("come", "nwm", "gnm", "nomad")
+METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm")
 
 
 class MethodUnavailable(RuntimeError):

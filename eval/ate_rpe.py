@@ -1,0 +1,184 @@
+"""ATE/RPE of navigation methods under NWM's planning protocol (DESIGN §3).
+
+    python eval/ate_rpe.py --data DIR [--methods GNM NoMaD NWM CoME NWM+STM NWM+LTM]
+                           [--n-samples N] [--seeds 0 1 2] [--json out.json] [--plot out.png]
+
+Each sample of the split's ``navigation_eval.json`` (or, for a dataset without
+one, every 8th time step of every trajectory) gives 4 context frames t-3..t,
+the goal frame t+8 and the 8 ground-truth waypoints. Every method outputs 8
+waypoints; ATE and RPE (eval.metrics: evo's APE/RPE translation RMSE, no
+alignment, no scale correction) are averaged over samples for each seed, and
+reported as mean ± std over seeds, in spacing units and in metres.
+
+``--json`` writes ``{"rows": [{"method", "ate", "ate_std", "rpe", "rpe_std",
+"ate_m", "rpe_m", "n"}, ...], "protocol": {...}, "data": str}``. Methods whose
+checkpoints are missing are listed under ``"skipped"`` with the reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from eval.metrics import ate, rpe  # noqa: E402
+from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.data import DataFormatError, data_config, gt_waypoints, load_frames, read_split, split_path  # noqa: E402
+from nav_come.data.recon import read_trajectory  # noqa: E402
+from nav_come.io import atomic_write_text  # noqa: E402
+from planners import cem  # noqa: E402
+from planners.methods import MethodUnavailable, load_method  # noqa: E402
+
+METHOD_NAMES = {"GNM": "gnm", "NoMaD": "nomad", "NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm",
+                "NWM+LTM": "nwm+ltm"}
+CONTEXT, GOAL = 4, 8
+
+
+def load_samples(data: Path, split: str, split_dir, dataset, n: int | None, seed: int = 0) -> list[dict]:
+    """The evaluation samples: [{"traj", "t"}], the first ``n`` after a fixed shuffle."""
+    index = split_path(data, split, split_dir, dataset).parent / "navigation_eval.json"
+    if index.is_file():
+        samples = json.loads(index.read_text())
+    else:  # a dataset without our index (e.g. real RECON): every 8th step of every trajectory
+        samples = []
+        for name in read_split(split_path(data, split, split_dir, dataset)):
+            T = len(read_trajectory(data / name, load_images=False))
+            samples += [{"traj": name, "t": t} for t in range(CONTEXT - 1, T - GOAL, GOAL)]
+    order = np.random.default_rng(seed).permutation(len(samples))
+    return [samples[i] for i in (order[:n] if n else order)]
+
+
+def load_sample(data: Path, sample: dict, spacing: float, image_size: int) -> dict:
+    """Context (1, 4, 3, H, W), goal (3, H, W) in [0, 1] and GT waypoints (8, 3) in spacing units."""
+    t, folder = sample["t"], data / sample["traj"]
+    tr = read_trajectory(folder, load_images=False)
+    frames = load_frames(folder, [*range(t - CONTEXT + 1, t + 1), t + GOAL], image_size)  # (5, H, W, 3)
+    x = torch.from_numpy(frames).float().div(255).movedim(-1, -3)  # (5, 3, H, W)
+    return {"context": x[None, :CONTEXT], "goal": x[CONTEXT],
+            "gt": gt_waypoints(tr.position, tr.yaw, t, GOAL, spacing=spacing)}
+
+
+def evaluate(planner, samples: list[dict], seeds: list[int], bar: tqdm) -> dict:
+    """Per-seed mean ATE/RPE (spacing units), the predictions of seed 0, and seconds per plan."""
+    per_seed, first, seconds = [], [], []
+    for seed in seeds:
+        errs = []
+        for i, s in enumerate(samples):
+            gen = torch.Generator().manual_seed(seed * 100_003 + i)
+            start = time.perf_counter()
+            wp = planner(s["context"], s["goal"], gen).waypoints.numpy()
+            seconds.append(time.perf_counter() - start)
+            errs.append((ate(wp[:, :2], s["gt"][:, :2]), rpe(wp[:, :2], s["gt"][:, :2])))
+            if seed == seeds[0]:
+                first.append(wp)
+            bar.update()
+        per_seed.append(np.mean(errs, axis=0))
+    per_seed = np.array(per_seed)  # (S, 2)
+    return {"ate": per_seed[:, 0], "rpe": per_seed[:, 1], "pred": first, "s_per_plan": float(np.median(seconds))}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python eval/ate_rpe.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
+    p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT, help="checkpoint folder of every method")
+    p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), help=" ".join(METHOD_NAMES))
+    p.add_argument("--split", default="test")
+    p.add_argument("--split-dir", type=Path)
+    p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
+    p.add_argument("--n-samples", type=int, help="evaluate only this many samples")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=5, help="world-model sampler steps")
+    p.add_argument("--candidates", type=int, default=120)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
+    p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--distance", default="auto", help="auto | lpips | dssim | latent_mse")
+    p.add_argument("--lpips-weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--plot", type=Path, help="PNG of planned vs ground-truth waypoints for a few samples")
+    return p
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'method':<9} {'ATE':>13} {'RPE':>13} {'ATE (m)':>8} {'RPE (m)':>8} {'n':>4} {'s/plan':>7}"]
+    for r in rows:
+        lines.append(f"{r['method']:<9} {r['ate']:>6.3f} ± {r['ate_std']:<4.3f} {r['rpe']:>6.3f} ± "
+                     f"{r['rpe_std']:<4.3f} {r['ate_m']:>8.3f} {r['rpe_m']:>8.3f} {r['n']:>4} {r['s_per_plan']:>7.2f}")
+    return "\n".join(lines)
+
+
+def run(args) -> dict:
+    unknown = [m for m in args.methods if m not in METHOD_NAMES]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {' '.join(METHOD_NAMES)}")
+    cfg = data_config(args.dataset or args.data)
+    samples_idx = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
+    cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k,
+                                        iterations=args.iterations)
+    planners, skipped = {}, {}
+    for m in args.methods:
+        try:
+            planners[m] = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, args.distance, args.steps,
+                                      args.rollouts, args.lpips_weights)
+        except (MethodUnavailable, ValueError) as err:
+            skipped[m] = str(err)
+    size = next((p.world_model.ae.config.image_size for p in planners.values() if hasattr(p, "world_model")), 64)
+    samples = [load_sample(args.data, s, cfg.metric_waypoint_spacing, size) for s in samples_idx]
+    rows, preds = [], {}
+    with tqdm(total=len(planners) * len(samples) * len(args.seeds), desc="ate/rpe", unit="plan") as bar:
+        for m, planner in planners.items():
+            r = evaluate(planner, samples, args.seeds, bar)
+            preds[m] = r["pred"]
+            sp = cfg.metric_waypoint_spacing
+            rows.append({"method": m, "ate": float(r["ate"].mean()), "ate_std": float(r["ate"].std()),
+                         "rpe": float(r["rpe"].mean()), "rpe_std": float(r["rpe"].std()),
+                         "ate_m": float(r["ate"].mean() * sp), "rpe_m": float(r["rpe"].mean() * sp),
+                         "n": len(samples), "s_per_plan": r["s_per_plan"]})
+    protocol = {"split": args.split, "goal_offset": GOAL, "context": CONTEXT, "seeds": args.seeds,
+                "n_samples": len(samples), "cem": {"candidates": args.candidates, "top_k": args.top_k,
+                "iterations": args.iterations, "rollouts": args.rollouts}, "sampler_steps": args.steps,
+                "metric_waypoint_spacing": cfg.metric_waypoint_spacing, "ckpt": str(args.ckpt),
+                "distance": next((p.distance.name for p in planners.values() if hasattr(p, "distance")), None)}
+    return {"rows": rows, "protocol": protocol, "data": str(args.data), "skipped": skipped,
+            "_samples": samples, "_samples_idx": samples_idx, "_preds": preds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        out = run(args)
+    except (ValueError, DataFormatError, CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for m, why in out["skipped"].items():
+        print(f"skipped {m}: {why}")
+    print(format_table(out["rows"]))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({k: v for k, v in out.items() if not k.startswith("_")}, indent=2))
+    if args.plot and out["rows"]:
+        from eval.figures import trajectories_figure
+
+        shown = []
+        for k, (s, i) in enumerate(zip(out["_samples"][:4], out["_samples_idx"][:4], strict=True)):
+            methods = {m: p[k] for m, p in out["_preds"].items()}
+            shown.append({"gt": s["gt"], "label": f"{i['traj']} t={i['t']}", "methods": methods})
+        trajectories_figure(args.plot, shown, out["protocol"]["metric_waypoint_spacing"], "planned vs ground truth")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The ATE/RPE harness: output contract, sample index, skipped methods, user mistakes."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import make_fake_dataset
+from test_world_model import SIZE, tiny_world_model
+
+from eval import ate_rpe
+
+FAST = ["--candidates", "6", "--top-k", "2", "--rollouts", "1", "--steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ate")
+    make_fake_dataset(root / "data", {"train": 1, "test": 2}, T=30, H=SIZE)
+    tiny_world_model().save(root / "ckpt")
+    return root
+
+
+def test_json_contract_and_skipped_methods(setup):
+    out = setup / "out.json"
+    rc = ate_rpe.main(["--data", str(setup / "data"), "--ckpt", str(setup / "ckpt"), "--methods", "NWM", "CoME",
+                       "--n-samples", "3", "--seeds", "0", "1", "--json", str(out), "--plot", str(setup / "p.png"),
+                       *FAST])
+    assert rc == 0
+    got = json.loads(out.read_text())
+    assert [r["method"] for r in got["rows"]] == ["NWM"]
+    row = got["rows"][0]
+    for key in ("ate", "ate_std", "rpe", "rpe_std", "ate_m", "rpe_m", "n"):
+        assert np.isfinite(row[key])
+    assert row["n"] == 3 and np.isclose(row["ate_m"], row["ate"] * 0.25)
+    assert "CoME" in got["skipped"] and got["protocol"]["seeds"] == [0, 1]
+    assert (setup / "p.png").stat().st_size > 1000
+
+
+def test_samples_without_an_index_are_every_eighth_step(setup):
+    samples = ate_rpe.load_samples(setup / "data", "test", None, None, None)
+    assert len(samples) == 2 * len(range(3, 30 - 8, 8))
+    assert all(3 <= s["t"] <= 30 - 9 for s in samples)
+
+
+def test_same_seeds_same_numbers(setup):
+    args = ["--data", str(setup / "data"), "--ckpt", str(setup / "ckpt"), "--methods", "NWM", "--n-samples", "2",
+            "--seeds", "3", *FAST]
+    a = ate_rpe.run(ate_rpe.build_parser().parse_args(args))["rows"]
+    b = ate_rpe.run(ate_rpe.build_parser().parse_args(args))["rows"]
+    assert a[0]["ate"] == b[0]["ate"] and a[0]["rpe"] == b[0]["rpe"]
+
+
+def test_unknown_method_is_one_line(setup, capsys):
+    rc = ate_rpe.main(["--data", str(setup / "data"), "--methods", "NWM,GNM"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "unknown method" in err

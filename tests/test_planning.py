@@ -1,0 +1,151 @@
+"""CEM planner, planning cost and plan.py contracts."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from test_world_model import SIZE, tiny_world_model
+
+import plan
+from planners import cem
+from planners.cost import GoalDistance, world_model_cost
+from planners.methods import WorldModelPlanner
+
+
+def test_nwm_candidate_is_a_constant_step_with_heading_then_final_yaw():
+    cfg = cem.CEMConfig()
+    z = torch.tensor([[0.0, 0.5, 0.25]])  # dx = 1.25, dy = 2.0 spacing units, u = 0.25
+    d = cem.decode(z, cfg)[0]  # (8, 3)
+    assert torch.allclose(d[:, 0], torch.full((8,), 1.25)) and torch.allclose(d[:, 1], torch.full((8,), 2.0))
+    assert math.isclose(d[0, 2], math.atan2(2.0, 1.25), rel_tol=1e-6)
+    assert torch.all(d[1:-1, 2] == 0) and math.isclose(d[-1, 2], 0.25 * math.pi, rel_tol=1e-6)
+    wp = cem.waypoints_from_actions(d)
+    assert torch.allclose(wp[-1, :2], torch.tensor([10.0, 16.0]))
+
+
+def test_cem_moves_towards_the_cheapest_plan_and_is_deterministic():
+    cfg = cem.CEMConfig(iterations=6, init_std=(0.3, 0.3, 0.3))
+    target = torch.tensor([4.0, 2.0])  # final waypoint we want, spacing units
+
+    def cost(deltas):
+        return (cem.waypoints_from_actions(deltas)[:, -1, :2] - target).norm(dim=-1)
+
+    a = cem.plan(cost, cfg, torch.Generator().manual_seed(0))
+    b = cem.plan(cost, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(a.waypoints, b.waypoints)
+    assert (a.waypoints[-1, :2] - target).norm() < 0.5
+    warm = cem.plan(cost, cem.CEMConfig(iterations=1), torch.Generator().manual_seed(1), a.mean, a.std)
+    assert (warm.waypoints[-1, :2] - target).norm() < 1.0  # a warm start keeps the solution
+
+
+def test_per_step_parameterisation_shapes():
+    cfg = cem.CEMConfig(parameterisation="per_step", init_mean=(0.0, 0.0, 0.0))
+    res = cem.plan(lambda d: d[..., 0].sum(-1), cfg, torch.Generator().manual_seed(0))
+    assert res.waypoints.shape == (8, 3) and res.mean.shape == (8, 3)
+
+
+@pytest.mark.parametrize("kind", ["dssim", "latent_mse"])
+def test_world_model_cost_shapes_and_seed(kind):
+    wm = tiny_world_model()
+    ctx = torch.rand(1, 4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    goal = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    deltas = cem.decode(torch.rand(6, 3) * 2 - 1, cem.CEMConfig())
+    costs = [world_model_cost(wm, ctx, goal, GoalDistance(kind), rollouts=2,
+                              generator=torch.Generator().manual_seed(0))(deltas) for _ in range(2)]
+    assert costs[0].shape == (6,) and torch.equal(costs[0], costs[1]) and torch.isfinite(costs[0]).all()
+
+
+def test_goal_distance_never_claims_lpips_without_weights():
+    assert GoalDistance("auto").name == "1-SSIM (pixels)"
+    with pytest.raises(ValueError, match="unknown goal distance"):
+        GoalDistance("l2")
+
+
+def test_world_model_planner_returns_a_plan_and_its_rollout():
+    wm = tiny_world_model(sampler_steps=1)
+    planner = WorldModelPlanner(wm, cem.CEMConfig(n_candidates=8, top_k=2), GoalDistance("dssim"), rollouts=1)
+    ctx, goal = torch.rand(1, 4, 3, SIZE, SIZE), torch.rand(3, SIZE, SIZE)
+    res = planner(ctx, goal, torch.Generator().manual_seed(0), imagine=True)
+    assert res.waypoints.shape == (8, 3) and res.imagined.shape == (8, 3, SIZE, SIZE)
+    assert res.cost_name == "1-SSIM (pixels)"
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    wm = tiny_world_model()
+    wm.save(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def _write(path, img):
+    cv2.imwrite(str(path), img)
+    return str(path)
+
+
+def test_plan_cli_end_to_end(tiny_ckpt, tmp_path):
+    out = tmp_path / "plan.json"
+    rc = plan.main(["--goal", "examples/goal.png", "--ckpt", str(tiny_ckpt), "--candidates", "6", "--rollouts", "1",
+                    "--steps", "1", "--json", str(out), "--figure", str(tmp_path / "plan.png")])
+    assert rc == 0
+    got = json.loads(out.read_text())
+    assert set(got) >= {"method", "waypoints", "waypoints_m", "cost", "cost_name"}
+    assert np.array(got["waypoints"]).shape == (8, 3)
+    assert np.allclose(np.array(got["waypoints_m"])[:, :2], np.array(got["waypoints"])[:, :2] * 0.25, atol=1e-3)
+    assert (tmp_path / "plan.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "gray", "method", "ckpt"])
+def test_plan_cli_user_mistakes_are_one_line(case, tmp_path, capsys, tiny_ckpt):
+    goal, args = "examples/goal.png", []
+    if case == "missing":
+        goal = str(tmp_path / "nope.png")
+    elif case == "corrupt":
+        goal = str(tmp_path / "bad.png")
+        (tmp_path / "bad.png").write_bytes(b"not an image")
+    elif case == "gray":
+        goal = _write(tmp_path / "gray.png", np.zeros((64, 64), np.uint8))
+    elif case == "method":
+        args = ["--method", "teleport"]
+    rc = plan.main(["--goal", goal, "--ckpt", str(tmp_path / "none" if case == "ckpt" else tiny_ckpt), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_tracking_controller_follows_waypoints_within_limits():
+    from envs.sim import unicycle_step
+    from planners.mpc import TrackingController
+
+    ctrl = TrackingController()
+    straight = np.array([[0.25 * k, 0.0, 0.0] for k in range(1, 9)])
+    v, w = ctrl(straight)
+    assert v > 0.8 and abs(w) < 1e-3
+    ctrl.reset()
+    left = np.array([[0.2 * k, 0.0125 * k * k, 0.1 * k] for k in range(1, 9)])
+    v, w = ctrl(left)
+    assert v > 0 and 0 < w <= 1.0 + 1e-6
+    pose = np.zeros(3)
+    for v_k, w_k in zip(ctrl.v.value, ctrl.w.value, strict=True):  # the whole QP solution drives to the goal
+        pose = unicycle_step(pose, v_k, w_k, 0.25)
+    assert np.linalg.norm(pose[:2] - left[-1, :2]) < 0.15
+
+
+def test_mpc_warm_starts_the_planner_and_returns_a_command():
+    from planners.methods import PlanResult
+    from planners.mpc import MPC, TrackingController
+
+    seen = []
+
+    def planner(ctx, goal, generator=None, warm_start=None):
+        seen.append((ctx.shape, warm_start))
+        return PlanResult(torch.tensor([[k, 0.0, 0.0] for k in range(1, 9)]), mean=torch.zeros(3), std=torch.ones(3))
+
+    mpc = MPC(planner, TrackingController(), spacing=0.25)
+    frame = np.zeros((16, 16, 3), np.uint8)
+    mpc.reset(frame)
+    (v, w), _ = mpc.act(frame, frame)
+    mpc.act(frame, frame)
+    assert seen[0] == ((1, 4, 3, 16, 16), None) and seen[1][1] is not None
+    assert v > 0.5 and abs(w) < 1e-3
