@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -48,7 +48,6 @@ class CEMConfig:
     init_std: tuple[float, float, float] = (0.02, 0.1, 0.1)
     parameterisation: str = "nwm"
     min_std: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.parameterisation not in PARAMETERISATIONS:

@@ -149,3 +149,16 @@ def test_mpc_warm_starts_the_planner_and_returns_a_command():
     mpc.act(frame, frame)
     assert seen[0] == ((1, 4, 3, 16, 16), None) and seen[1][1] is not None
     assert v > 0.5 and abs(w) < 1e-3
+
+
+def test_navigate_runs_closed_loop_episodes(tiny_ckpt, tmp_path):
+    from eval import navigate
+
+    out = tmp_path / "nav.json"
+    rc = navigate.main(["--methods", "NWM", "CoME", "--ckpt", str(tiny_ckpt), "--episodes", "2", "--max-steps", "2",
+                        "--image-size", str(SIZE), "--candidates", "6", "--rollouts", "1", "--steps", "1",
+                        "--json", str(out), "--gif-dir", str(tmp_path / "gifs"), "--gifs", "1"])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["NWM"] and rows[0]["episodes"] == 2
+    assert 0 <= rows[0]["success"] <= 1 and (tmp_path / "gifs" / "NWM_0.gif").is_file()

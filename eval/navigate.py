@@ -1,0 +1,159 @@
+"""Closed-loop image-goal navigation in held-out simulator worlds.
+
+    python eval/navigate.py [--methods GNM NoMaD NWM] [--episodes N] [--world maze] [--json out.json] [--gif-dir DIR]
+
+Each method drives the robot of ``nav_come/ImageNav-v0`` by receding-horizon
+control: at every step it plans 8 waypoints from the last 4 frames and the goal
+image, and a cvxpy QP turns them into (v, w) (planners/mpc.py). Episodes use the
+env's default world seeds (≥ 1,000,000), which no training dataset contains.
+Half of the episodes are *revisits*: before the episode the robot is driven
+from the goal to the start, so the goal was seen earlier in the episode (the
+frames of that drive are what a memory-carrying method can use); the others
+start cold and need exploration.
+
+Reported per method: success rate (within 0.5 m of the goal), SPL (success
+weighted by shortest-path length over path driven), collisions per episode and
+seconds per decision. ``--gif-dir`` saves rollout GIFs (camera | goal | map).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import envs  # noqa: E402, F401  (registers the env)
+from eval.ate_rpe import METHOD_NAMES  # noqa: E402
+from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.io import atomic_write_text  # noqa: E402
+from planners import cem  # noqa: E402
+from planners.methods import MethodUnavailable, load_method  # noqa: E402
+from planners.mpc import MPC, TrackingController  # noqa: E402
+
+
+def revisit_drive(env, start: np.ndarray, goal: np.ndarray) -> list[np.ndarray]:
+    """Drive from the goal to the start along the planned path; returns the frames seen on the way."""
+    from envs.driver import Driver
+
+    driver = Driver(env.sim, env.nav, np.random.default_rng(0), mode="shuttle")
+    driver.route = [goal[:2], start[:2]]
+    env.sim.set_pose(goal)
+    frames, _, _ = driver.run(int(2 + 4 * np.linalg.norm(goal[:2] - start[:2]) / env.robot.spacing))
+    return list(frames)
+
+
+def run_episode(env, mpc: MPC, seed: int, revisit: bool, max_steps: int, record: bool) -> dict:
+    obs, info = env.reset(seed=seed)
+    start, goal = info["pose"], env.goal_pose
+    geodesic = info["distance_to_goal"]
+    seen = revisit_drive(env, start, goal) if revisit else []
+    obs, info = env.reset(seed=seed, options={"world_seed": info["world_seed"], "start": start, "goal": goal})
+    if hasattr(mpc.planner, "observe"):  # memory-carrying planners take the frames seen before
+        mpc.planner.observe(seen)
+    mpc.reset(obs["rgb"])
+    gen = torch.Generator().manual_seed(seed)
+    path, collisions, seconds, frames = 0.0, 0, [], []
+    for _ in range(max_steps):
+        t0 = time.perf_counter()
+        (v, w), _ = mpc.act(obs["rgb"], obs["goal"], gen)
+        seconds.append(time.perf_counter() - t0)
+        before = info["pose"][:2]
+        obs, _, terminated, truncated, info = env.step(np.array([v, w], np.float32))
+        path += float(np.linalg.norm(info["pose"][:2] - before))
+        collisions += int(info["collision"])
+        if record:
+            frames.append(np.concatenate([obs["rgb"], obs["goal"]], 1))
+        if terminated or truncated:
+            break
+    success = bool(info["is_success"])
+    spl = success * geodesic / max(path, geodesic, 1e-9)
+    return {"success": success, "spl": spl, "collisions": collisions, "s_per_decision": float(np.mean(seconds)),
+            "revisit": revisit, "frames": frames, "map": env.render()}
+
+
+def save_gif(path: Path, frames: list[np.ndarray], top: np.ndarray) -> None:
+    import cv2
+    import imageio.v2 as imageio
+
+    h = frames[0].shape[0] * 2
+    tiles = [np.concatenate([cv2.resize(f, (f.shape[1] * 2, h), interpolation=cv2.INTER_NEAREST),
+                             cv2.resize(top, (h, h))], 1) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, tiles, duration=250, loop=0)  # pillow plugin: milliseconds per frame
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python eval/navigate.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=["GNM", "NoMaD", "NWM", "CoME"])
+    p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT)
+    p.add_argument("--world", default="maze", choices=["maze", "outdoor"])
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=64, help="camera resolution; must match the models")
+    p.add_argument("--max-steps", type=int, default=80)
+    p.add_argument("--seed", type=int, default=0, help="episode seeds are seed, seed+1, …")
+    p.add_argument("--steps", type=int, default=5, help="world-model sampler steps")
+    p.add_argument("--candidates", type=int, default=120)
+    p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--gif-dir", type=Path)
+    p.add_argument("--gifs", type=int, default=2, help="episodes per method saved as GIFs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHOD_NAMES]
+    if unknown:
+        print(f"error: unknown method(s) {unknown}; choose from {' '.join(METHOD_NAMES)}", file=sys.stderr)
+        return 2
+    try:
+        cem_cfg = cem.CEMConfig(n_candidates=args.candidates)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    env = gym.make(envs.ENV_ID, world=args.world, max_steps=args.max_steps, image_size=args.image_size,
+                   render_mode="rgb_array").unwrapped
+    rows = []
+    for m in args.methods:
+        try:
+            planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg,
+                                  sampler_steps=args.steps, rollouts=args.rollouts)
+        except (MethodUnavailable, CheckpointError) as err:
+            print(f"skipped {m}: {err}")
+            continue
+        mpc = MPC(planner, TrackingController(), spacing=env.robot.spacing)
+        eps = []
+        for k in tqdm(range(args.episodes), desc=m, unit="episode"):
+            ep = run_episode(env, mpc, args.seed + k, revisit=k % 2 == 1, max_steps=args.max_steps,
+                             record=bool(args.gif_dir) and k < args.gifs)
+            if ep["frames"]:
+                save_gif(args.gif_dir / f"{m}_{k}.gif", ep["frames"], ep["map"])
+            eps.append(ep)
+        rows.append({"method": m, "success": float(np.mean([e["success"] for e in eps])),
+                     "spl": float(np.mean([e["spl"] for e in eps])),
+                     "collisions": float(np.mean([e["collisions"] for e in eps])),
+                     "s_per_decision": float(np.mean([e["s_per_decision"] for e in eps])), "episodes": len(eps)})
+    print(f"{'method':<8} {'success':>8} {'SPL':>6} {'collisions':>11} {'s/decision':>11}")
+    for r in rows:
+        print(f"{r['method']:<8} {r['success']:>8.2f} {r['spl']:>6.2f} {r['collisions']:>11.2f} "
+              f"{r['s_per_decision']:>11.3f}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"rows": rows, "world": args.world, "seed": args.seed,
+                                                 "max_steps": args.max_steps}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
