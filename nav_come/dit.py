@@ -300,6 +300,24 @@ class DiT(nn.Module):
         shift: (B,) or int in 1..max_shift; uncond / drop_action: (B,) bool masks (None = all False);
         extra_frames: (B, E, c, h, w) memory frames; extra_cond: (B, extra_cond_dim).
         """
+        x, c = self.embed(x_t, t, context, action, shift, uncond, drop_action, extra_frames, extra_cond)
+        for block in self.blocks:
+            x = block(x, c)
+        return self.unpatchify(self.final(x, c))
+
+    def embed(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | float,
+        context: torch.Tensor,
+        action: torch.Tensor,
+        shift: torch.Tensor | int = 1,
+        uncond: torch.Tensor | None = None,
+        drop_action: torch.Tensor | None = None,
+        extra_frames: torch.Tensor | None = None,
+        extra_cond: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, D) and adaLN input (B, D) of :meth:`forward`'s arguments (for subclasses)."""
         B, device = x_t.shape[0], x_t.device
         t = torch.as_tensor(t, device=device, dtype=torch.float32).expand(B)
         shift = torch.as_tensor(shift, device=device, dtype=torch.long).expand(B)
@@ -307,9 +325,12 @@ class DiT(nn.Module):
         drop_action = _mask(drop_action, B, device) | uncond
         x = self.embed_input(x_t, context, uncond, extra_frames)  # (B, N, D)
         c = self.embed_condition(t, action.float(), shift, uncond, drop_action, extra_cond)  # (B, D)
-        for block in self.blocks:
-            x = block(x, c)
-        return self.unpatchify(self.final(x, c))
+        return x, c
+
+    @classmethod
+    def config_from_base(cls, base_config: DiTConfig, **changes) -> DiTConfig:
+        """The config of a network started from a base; subclasses with their own config class override it."""
+        return dataclasses.replace(base_config, **changes)
 
     @classmethod
     def from_base(cls, base: DiT, **changes) -> DiT:
@@ -319,7 +340,7 @@ class DiT(nn.Module):
         is copied, the new input channels and projections stay zero, so the new network
         computes exactly the base function until it is trained.
         """
-        model = cls(dataclasses.replace(base.config, **changes))
+        model = cls(cls.config_from_base(base.config, **changes))
         state = model.state_dict()
         for name, value in base.state_dict().items():
             if name not in state:

@@ -169,14 +169,20 @@ class LatentWindowDataset(Dataset):
             "shift": shift.long(),  # (B,)
         }
 
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """A random batch (with replacement; revisit-weighted if configured), shifts uniform."""
+    def sample_items(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows (B,) (with replacement; revisit-weighted if configured) and shifts (B,), uniform."""
         if self.weights is None:
             items = torch.randint(len(self), (batch_size,), generator=generator)
         else:
             items = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
         u = torch.rand(batch_size, generator=generator)
-        return self.gather(items, 1 + (u * self.ahead[items]).long())
+        return items, 1 + (u * self.ahead[items]).long()
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """A random batch of :meth:`sample_items`, gathered."""
+        return self.gather(*self.sample_items(batch_size, generator))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = int(np.random.default_rng((self.seed, int(i))).integers(1, int(self.ahead[i]) + 1))
