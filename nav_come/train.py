@@ -39,7 +39,7 @@ from nav_come.data import data_config, load_frames, read_split, read_trajectory,
 from nav_come.diffusion import COSINE
 from nav_come.dit import DIT_PRESETS, DiT, dit_config, dit_training_loss
 from nav_come.latents import LatentWindowDataset, encode_split
-from nav_come.train_loop import Distributed, LoopConfig, fit, setup_distributed, step_generator
+from nav_come.train_loop import Distributed, LoopConfig, cli_fail, fit, run_stages, setup_distributed, step_generator
 from nav_come.world_model import AE_DIR, BASE_DIR, autocast
 
 VAL_SEED = 1234  # fixed validation draws: the curve compares like with like
@@ -234,8 +234,7 @@ def prepare_dit(args: argparse.Namespace, dist: Distributed) -> functools.partia
 
 
 def _fail(message: str) -> int:
-    print(f"nav_come.train: error: {message}", file=sys.stderr)
-    return 2
+    return cli_fail("nav_come.train", message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,27 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         dist = setup_distributed(args.device)
     except ValueError as e:
         return _fail(str(e))
-    try:
-        stages = {"ae": [prepare_ae], "dit": [prepare_dit], "all": [prepare_ae, prepare_dit]}[args.stage]
-        for prepare in stages:
-            try:
-                run = prepare(args, dist)
-            except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
-                return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-            try:
-                run()
-            except CheckpointError as e:  # a corrupt resume state
-                return _fail(str(e))
-            except FloatingPointError as e:  # diverged: not a bug, a setting to change
-                print(f"nav_come.train: {e}", file=sys.stderr)
-                return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: state saved under {args.out / 'last'}; run the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
+    stages = {"ae": [prepare_ae], "dit": [prepare_dit], "all": [prepare_ae, prepare_dit]}[args.stage]
+    return run_stages("nav_come.train", args.out, [functools.partial(p, args, dist) for p in stages])
 
 
 if __name__ == "__main__":

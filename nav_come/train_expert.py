@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nav_come.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config
+from nav_come.checkpoint import checkpoint_hash, load_checkpoint, read_config
 from nav_come.data import data_config, read_split, split_path
 from nav_come.experts import EXPERTS, TRAINED, Expert, save_expert
 from nav_come.experts.common import train_only_memory
 from nav_come.latents import LatentSet, LatentWindowDataset, cache_key, encode_split
 from nav_come.memory_bank import FrameStore, RetrievalConfig
-from nav_come.train_loop import Distributed, LoopConfig, fit, setup_distributed, step_generator
+from nav_come.train_loop import Distributed, LoopConfig, cli_fail, fit, run_stages, setup_distributed, step_generator
 from nav_come.world_model import AE_DIR, BASE_DIR, autocast
 
 VAL_SEED = 1234
@@ -199,8 +199,7 @@ def prepare(args: argparse.Namespace, dist: Distributed):
 
 
 def _fail(message: str) -> int:
-    print(f"nav_come.train_expert: error: {message}", file=sys.stderr)
-    return 2
+    return cli_fail("nav_come.train_expert", message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,23 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         dist = setup_distributed(args.device)
-        run = prepare(args, dist)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    try:
-        run()
-    except CheckpointError as e:
+    except ValueError as e:
         return _fail(str(e))
-    except FloatingPointError as e:
-        print(f"nav_come.train_expert: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: state saved under {args.out / 'last'}; run the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
+    return run_stages("nav_come.train_expert", args.out, [lambda: prepare(args, dist)])
 
 
 if __name__ == "__main__":

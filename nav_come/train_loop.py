@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,3 +280,37 @@ def fit(
     checkpoint()
     dist.barrier()  # the next stage reads what rank 0 just wrote
     return step
+
+
+def cli_fail(prog: str, message: str) -> int:
+    """A user mistake: one line on stderr, exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_stages(prog: str, out: Path, stages: list[Callable[[], Callable[[], object]]]) -> int:
+    """Prepare then run each training stage of a CLI, turning failures into exit statuses.
+
+    A stage is ``prepare() -> run``. Bad data or checkpoints exit 2 with one line, a
+    diverged run exits 1, Ctrl-C exits 130 after the loop saved its resume state.
+    """
+    try:
+        for prepare in stages:
+            try:
+                run = prepare()
+            except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
+                return cli_fail(prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            try:
+                run()
+            except CheckpointError as e:  # a corrupt resume state
+                return cli_fail(prog, str(e))
+            except FloatingPointError as e:  # diverged: not a bug, a setting to change
+                print(f"{prog}: {e}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: state saved under {out / 'last'}; run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    return 0
