@@ -1,7 +1,7 @@
 """ATE/RPE of navigation methods under NWM's planning protocol (DESIGN §3).
 
     python eval/ate_rpe.py --data DIR [--methods GNM NoMaD NWM CoME NWM+STM NWM+LTM]
-                           [--n-samples N] [--seeds 0 1 2] [--json out.json] [--plot out.png]
+                           [--n-samples N] [--seeds 0 1 2] [--history 128] [--json out.json] [--plot out.png]
 
 Each sample of the split's ``navigation_eval.json`` (or, for a dataset without
 one, every 8th time step of every trajectory) gives 4 context frames t-3..t,
@@ -9,6 +9,11 @@ the goal frame t+8 and the 8 ground-truth waypoints. Every method outputs 8
 waypoints; ATE and RPE (eval.metrics: evo's APE/RPE translation RMSE, no
 alignment, no scale correction) are averaged over samples for each seed, and
 reported as mean ± std over seeds, in spacing units and in metres.
+
+The memory methods (CoME, NWM+STM, NWM+LTM) also get the episode before each sample:
+frames ``t-history+1..t`` of its trajectory with their world poses from ``traj_data.pkl``
+go through the planner's ``observe`` (encoded once, memorised by the LTM) before it plans;
+the time of that is reported as ``s_per_observe``, apart from ``s_per_plan``.
 
 ``--json`` writes ``{"rows": [{"method", "ate", "ate_std", "rpe", "rpe_std",
 "ate_m", "rpe_m", "n"}, ...], "protocol": {...}, "data": str}``. Methods whose
@@ -33,7 +38,7 @@ from tqdm import tqdm  # noqa: E402
 
 from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.data import DataFormatError, data_config, gt_waypoints, load_frames, read_split, split_path  # noqa: E402
+from nav_come.data import DataFormatError, data_config, gt_waypoints, load_frames, poses, read_split, split_path  # noqa: E402
 from nav_come.data.recon import read_trajectory  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from planners import cem  # noqa: E402
@@ -68,23 +73,41 @@ def load_sample(data: Path, sample: dict, spacing: float, image_size: int) -> di
             "gt": gt_waypoints(tr.position, tr.yaw, t, GOAL, spacing=spacing)}
 
 
-def evaluate(planner, samples: list[dict], seeds: list[int], bar: tqdm) -> dict:
-    """Per-seed mean ATE/RPE (spacing units), the predictions of seed 0, and seconds per plan."""
-    per_seed, first, seconds = [], [], []
-    for seed in seeds:
-        errs = []
-        for i, s in enumerate(samples):
+def load_history(data: Path, sample: dict, history: int, image_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The episode up to the sample's frame t: frames (T, 3, H, W) in [0, 1] of t-history+1..t and
+    their world poses (T, 3) (x, y metres, yaw radians)."""
+    t, folder = sample["t"], data / sample["traj"]
+    tr = read_trajectory(folder, load_images=False)
+    idx = list(range(max(0, t - history + 1), t + 1))
+    frames = torch.from_numpy(load_frames(folder, idx, image_size)).float().div(255).movedim(-1, -3)
+    return frames, poses(tr.position, tr.yaw)[idx]
+
+
+def evaluate(planner, samples: list[dict], seeds: list[int], bar: tqdm, history=None) -> dict:
+    """Per-seed mean ATE/RPE (spacing units), the predictions of seed 0, and seconds per plan.
+
+    history: i -> (frames, poses) of sample i, given to a planner that has ``observe`` once
+    before its plans of that sample (every seed's plan sees the same memory)."""
+    errs, first, seconds, observe_s = np.zeros((len(seeds), len(samples), 2)), [], [], []
+    for i, s in enumerate(samples):
+        if history is not None and hasattr(planner, "observe"):
+            start = time.perf_counter()
+            planner.observe(*history(i))
+            observe_s.append(time.perf_counter() - start)
+        for j, seed in enumerate(seeds):
             gen = torch.Generator().manual_seed(seed * 100_003 + i)
             start = time.perf_counter()
             wp = planner(s["context"], s["goal"], gen).waypoints.numpy()
             seconds.append(time.perf_counter() - start)
-            errs.append((ate(wp[:, :2], s["gt"][:, :2]), rpe(wp[:, :2], s["gt"][:, :2])))
-            if seed == seeds[0]:
+            errs[j, i] = ate(wp[:, :2], s["gt"][:, :2]), rpe(wp[:, :2], s["gt"][:, :2])
+            if j == 0:
                 first.append(wp)
             bar.update()
-        per_seed.append(np.mean(errs, axis=0))
-    per_seed = np.array(per_seed)  # (S, 2)
-    return {"ate": per_seed[:, 0], "rpe": per_seed[:, 1], "pred": first, "s_per_plan": float(np.median(seconds))}
+    per_seed = np.array([e.mean(0) for e in errs])  # (S, 2), each seed's mean over samples
+    out = {"ate": per_seed[:, 0], "rpe": per_seed[:, 1], "pred": first, "s_per_plan": float(np.median(seconds))}
+    if observe_s:
+        out["s_per_observe"] = float(np.median(observe_s))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
     p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")
     p.add_argument("--distance", default="auto", help="auto | lpips | dssim | latent_mse")
     p.add_argument("--lpips-weights")
     p.add_argument("--device", default="cpu")
@@ -123,6 +147,8 @@ def run(args) -> dict:
     unknown = [m for m in args.methods if m not in METHOD_NAMES]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {' '.join(METHOD_NAMES)}")
+    if args.history < 1:
+        raise ValueError(f"--history must be >= 1 frame, got {args.history}")
     cfg = data_config(args.dataset or args.data)
     samples_idx = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
     cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k,
@@ -131,26 +157,35 @@ def run(args) -> dict:
     for m in args.methods:
         try:
             planners[m] = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, args.distance, args.steps,
-                                      args.rollouts, args.lpips_weights)
+                                      args.rollouts, args.lpips_weights, spacing=cfg.metric_waypoint_spacing)
         except (MethodUnavailable, ValueError) as err:
             skipped[m] = str(err)
     size = next((p.world_model.ae.config.image_size for p in planners.values() if hasattr(p, "world_model")), 64)
     samples = [load_sample(args.data, s, cfg.metric_waypoint_spacing, size) for s in samples_idx]
+    memory = [m for m, p in planners.items() if hasattr(p, "observe")]
+
+    def history(i: int):
+        return load_history(args.data, samples_idx[i], args.history, size)
+
     rows, preds = [], {}
     with tqdm(total=len(planners) * len(samples) * len(args.seeds), desc="ate/rpe", unit="plan") as bar:
         for m, planner in planners.items():
-            r = evaluate(planner, samples, args.seeds, bar)
+            r = evaluate(planner, samples, args.seeds, bar, history)
             preds[m] = r["pred"]
             sp = cfg.metric_waypoint_spacing
             rows.append({"method": m, "ate": float(r["ate"].mean()), "ate_std": float(r["ate"].std()),
                          "rpe": float(r["rpe"].mean()), "rpe_std": float(r["rpe"].std()),
                          "ate_m": float(r["ate"].mean() * sp), "rpe_m": float(r["rpe"].mean() * sp),
                          "n": len(samples), "s_per_plan": r["s_per_plan"]})
+            if "s_per_observe" in r:
+                rows[-1]["s_per_observe"] = r["s_per_observe"]
     protocol = {"split": args.split, "goal_offset": GOAL, "context": CONTEXT, "seeds": args.seeds,
                 "n_samples": len(samples), "cem": {"candidates": args.candidates, "top_k": args.top_k,
                 "iterations": args.iterations, "rollouts": args.rollouts}, "sampler_steps": args.steps,
                 "metric_waypoint_spacing": cfg.metric_waypoint_spacing, "ckpt": str(args.ckpt),
                 "distance": next((p.distance.name for p in planners.values() if hasattr(p, "distance")), None)}
+    if memory:
+        protocol["history"] = args.history
     return {"rows": rows, "protocol": protocol, "data": str(args.data), "skipped": skipped,
             "_samples": samples, "_samples_idx": samples_idx, "_preds": preds}
 

@@ -42,31 +42,29 @@ from planners.methods import MethodUnavailable, load_method  # noqa: E402
 from planners.mpc import MPC, TrackingController  # noqa: E402
 
 
-def revisit_drive(env, start: np.ndarray, goal: np.ndarray) -> list[np.ndarray]:
-    """Drive from the goal to the start along the planned path; returns the frames seen on the way."""
+def revisit_drive(env, start: np.ndarray, goal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drive from the goal to the start along the planned path; returns the frames and poses seen."""
     from envs.driver import Driver
 
     driver = Driver(env.sim, env.nav, np.random.default_rng(0), mode="shuttle")
     driver.route = [goal[:2], start[:2]]
     env.sim.set_pose(goal)
-    frames, _, _ = driver.run(int(2 + 4 * np.linalg.norm(goal[:2] - start[:2]) / env.robot.spacing))
-    return list(frames)
+    frames, poses, _ = driver.run(int(2 + 4 * np.linalg.norm(goal[:2] - start[:2]) / env.robot.spacing))
+    return frames, poses
 
 
 def run_episode(env, mpc: MPC, seed: int, revisit: bool, max_steps: int, record: bool) -> dict:
     obs, info = env.reset(seed=seed)
     start, goal = info["pose"], env.goal_pose
     geodesic = info["distance_to_goal"]
-    seen = revisit_drive(env, start, goal) if revisit else []
+    seen = revisit_drive(env, start, goal) if revisit else None
     obs, info = env.reset(seed=seed, options={"world_seed": info["world_seed"], "start": start, "goal": goal})
-    if hasattr(mpc.planner, "observe"):  # memory-carrying planners take the frames seen before
-        mpc.planner.observe(seen)
-    mpc.reset(obs["rgb"])
+    mpc.reset(obs["rgb"], info["pose"], seen)  # memory-carrying planners take what was seen before
     gen = torch.Generator().manual_seed(seed)
     path, collisions, seconds, frames = 0.0, 0, [], []
-    for _ in range(max_steps):
+    for k in range(max_steps):
         t0 = time.perf_counter()
-        (v, w), _ = mpc.act(obs["rgb"], obs["goal"], gen)
+        (v, w), _ = mpc.act(obs["rgb"], obs["goal"], gen, pose=info["pose"], first=k == 0)
         seconds.append(time.perf_counter() - t0)
         before = info["pose"][:2]
         obs, _, terminated, truncated, info = env.step(np.array([v, w], np.float32))

@@ -19,6 +19,21 @@ keep the mean finite. ``--json`` writes the contract other tools read::
      "data": str, "split": "test", "seed": int}
 
 Without ``--ckpt`` the shipped checkpoint (``checkpoints/maze``) is used.
+
+``--memory`` runs the memory ablation instead (:mod:`eval.memory_table`)::
+
+    python eval/predict.py --memory [--data DIR] [--ckpt DIR] [--json out.json] [--n-seq N]
+                           [--context L [L ...]] [--steps K] [--seed S] [--figure out.png]
+
+on the test split's ``memory_eval.json`` sequences, with the experts found beside the world
+model (``CKPT/{stm,sltm,ssm,full}``, optional ``CKPT/ltm/config.json``; see
+:mod:`planners.methods`). Its ``--json`` contract::
+
+    {"rows": [{"method", "psnr", "psnr_se", "ssim", "ssim_se", "lpips", "s_per_frame",
+               "peak_mb", "n", "context", ...}, ...], "skipped": {method: reason}, ...}
+
+with the methods Base, +STM, +LTM, +SLTM, +STM+LTM, CoME, CoME (no contrast), Sliding, SSM,
+Full and copy_nearest, one row per method per context length L.
 """
 
 from __future__ import annotations
@@ -36,13 +51,16 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from eval import memory_table  # noqa: E402
 from eval.metrics import lpips, lpips_available, psnr, ssim  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.data import TrajectoryDataset  # noqa: E402
+from nav_come.data import DataFormatError, TrajectoryDataset, data_config  # noqa: E402
 from nav_come.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
 
 HORIZONS = (1, 2, 4, 8)
+MEMORY_DATA = SHIPPED_CHECKPOINT.parents[1] / "data" / "maze"  # --memory without --data
+MEMORY_CONTEXTS = (50, 200, 512)  # frames; issue 5 reports 50, 200 and 500+
 PSNR_CAP = 100.0  # dB
 GRID_ROWS = 4  # samples shown in the PNG grid
 
@@ -67,7 +85,7 @@ METHODS: dict[str, Method] = {"world_model": world_model, "copy_last": copy_last
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python eval/predict.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
+    p.add_argument("--data", type=Path, help="folder of RECON-format trajectory folders (--memory: default data/maze)")
     p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT, help="world model folder (ae/ and base/)")
     p.add_argument("--json", type=Path, help="write the rows here (see the contract above)")
     p.add_argument("--grid", type=Path, help="write a PNG grid of ground truth next to predictions")
@@ -80,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    m = p.add_argument_group("memory ablation", "with --memory (also --data, --ckpt, --json, --seed, --steps)")
+    m.add_argument("--memory", action="store_true", help="the memory ablation table on memory_eval sequences")
+    m.add_argument("--n-seq", type=int, help="sequences evaluated (default: all)")
+    m.add_argument("--context", type=int, nargs="+", default=list(MEMORY_CONTEXTS), metavar="L",
+                   help="context lengths: the last L frames up to t")  # fmt: skip
+    m.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
+                   help="contrastive weights of the composed rows (default base=1 stm=2 ltm=2 sltm=2)")  # fmt: skip
+    m.add_argument("--normalise", action="store_true", help="composed rows: coefficients scaled to sum to 1")
+    m.add_argument("--figure", type=Path, help="PNG: context strip, ground truth and each method, a few sequences")
     return p
 
 
@@ -137,9 +164,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def save_grid(path: Path, shown: dict[str, torch.Tensor]) -> None:
-    """PNG: per sample, a ground-truth row (newest context frame, then t+1..t+K) and one row per
-    predicting method (copy_last is left out: it is the context frame repeated)."""
+def save_mosaic(path: Path, rows: list[tuple[str, list]], columns: list[str]) -> None:
+    """PNG of image rows: rows [(label, [(3, H, W) in [0, 1] or None, ...])], one label per column."""
     import io
 
     import matplotlib
@@ -147,40 +173,107 @@ def save_grid(path: Path, shown: dict[str, torch.Tensor]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in shown if k not in ("context", "copy_last")]  # ground_truth first
-    B, K, _, H, W = shown["ground_truth"].shape
+    H, W = next(img for _, cells in rows for img in cells if img is not None).shape[-2:]
     pad = 2
-    mosaic = np.ones((B * len(kinds) * (H + pad), (K + 1) * (W + pad), 3), np.float32)
-    labels = []
-    for b in range(B):
-        for r, kind in enumerate(kinds):
-            y = (b * len(kinds) + r) * (H + pad)
-            cells = ([shown["context"][b, -1]] if kind == "ground_truth" else [None]) + list(shown[kind][b])
-            for c, img in enumerate(cells):
-                if img is not None:
-                    mosaic[y : y + H, c * (W + pad) : c * (W + pad) + W] = img.permute(1, 2, 0).clamp(0, 1).numpy()
-            labels.append((y + H / 2, kind))
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * (K + 1), 0.9 * B * len(kinds)))
+    mosaic = np.ones((len(rows) * (H + pad), len(columns) * (W + pad), 3), np.float32)
+    for r, (_, cells) in enumerate(rows):
+        y = r * (H + pad)
+        for c, img in enumerate(cells):
+            if img is not None:
+                mosaic[y : y + H, c * (W + pad) : c * (W + pad) + W] = img.permute(1, 2, 0).clamp(0, 1).numpy()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(columns), 0.9 * len(rows)))
     ax.imshow(mosaic, interpolation="nearest")
-    ax.set_yticks([y for y, _ in labels], [k for _, k in labels], fontsize=7)
-    ax.set_xticks(
-        [c * (W + pad) + W / 2 for c in range(K + 1)], ["t"] + [f"t+{k}" for k in range(1, K + 1)], fontsize=7
-    )
+    ax.set_yticks([r * (H + pad) + H / 2 for r in range(len(rows))], [label for label, _ in rows], fontsize=7)
+    ax.set_xticks([c * (W + pad) + W / 2 for c in range(len(columns))], columns, fontsize=7)
     ax.tick_params(length=0)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")  # keeps long row labels
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
+def save_grid(path: Path, shown: dict[str, torch.Tensor]) -> None:
+    """PNG: per sample, a ground-truth row (newest context frame, then t+1..t+K) and one row per
+    predicting method (copy_last is left out: it is the context frame repeated)."""
+    kinds = [k for k in shown if k not in ("context", "copy_last")]  # ground_truth first
+    B, K = shown["ground_truth"].shape[:2]
+    rows = [(kind, ([shown["context"][b, -1]] if kind == "ground_truth" else [None]) + list(shown[kind][b]))
+            for b in range(B) for kind in kinds]  # fmt: skip
+    save_mosaic(path, rows, ["t"] + [f"t+{k}" for k in range(1, K + 1)])
+
+
+def save_memory_figure(path: Path, shown: list[dict]) -> None:
+    """PNG: per sequence, its context strip (frames evenly spaced over the memory), the ground
+    truth t+1..t+K and each method's prediction."""
+    rows = []
+    for seq in shown:
+        rows.append((f"context, L={seq['context']}", list(seq["strip"])))  # evenly spaced over the memory
+        rows.append((f"truth: {seq['label']}", list(seq["truth"])))
+        rows += [(name, list(frames)) for name, frames in seq["preds"].items()]
+    save_mosaic(path, rows, [f"t+{k}" for k in range(1, len(shown[0]["truth"]) + 1)])
+
+
+def _fail(message: str) -> int:
+    print(f"predict: error: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    return 2
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    """The memory ablation (``--memory``); see :mod:`eval.memory_table`."""
+    from tqdm import tqdm
+
+    data = args.data or MEMORY_DATA
+    try:
+        if (args.n_seq is not None and args.n_seq < 1) or (args.steps is not None and args.steps < 1):
+            raise ValueError(f"--n-seq and --steps must be >= 1, got {args.n_seq} and {args.steps}")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        if not data.is_dir():
+            raise ValueError(f"data folder {data} does not exist; pass --data DIR")
+        alphas = memory_table.parse_alphas(args.alpha)
+        model = WorldModel.from_pretrained(args.ckpt, device=args.device, bf16=args.bf16)
+        if min(args.context) < model.context:
+            raise ValueError(f"--context values must be >= {model.context} (the model's context), got {args.context}")
+        samples = memory_table.load_samples(data, args.split_dir, args.dataset, args.n_seq)
+        spacing = data_config(args.dataset or data).metric_waypoint_spacing
+        denoisers, skipped, ltm = memory_table.build(model, args.ckpt, alphas, args.normalise, args.device)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
+        return _fail(str(e))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    contexts, steps = sorted(set(args.context)), args.steps or model.sampler_steps
+    longest = max(contexts)
+    sequences = (memory_table.load_sequence(model, data, s, spacing, longest) for s in samples)
+    try:
+        with tqdm(total=len(samples) * len(contexts), desc="memory table", unit="seq") as bar:
+            out = memory_table.evaluate(model, denoisers, ltm, sequences, contexts, spacing, args.seed, steps, _scores,
+                                        lpips_available(), bar)  # fmt: skip
+    except DataFormatError as e:
+        return _fail(str(e))
+    print(memory_table.format_table(out["rows"]))
+    if args.json:
+        report = {"rows": out["rows"], "skipped": skipped, "data": str(data), "split": "test", "seed": args.seed,
+                  "n_seq": len(samples), "sampler_steps": steps, "alphas": {**memory_table.DEFAULT_ALPHAS, **alphas},
+                  "normalise": args.normalise, "ltm": out["ltm"], "peak_memory": out["peak_memory"]}  # fmt: skip
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if args.figure and out["shown"]:
+        save_memory_figure(args.figure, out["shown"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory:
+        return run_memory(args)
+    if args.data is None:
+        parser.error("the following arguments are required: --data")
     if args.n_samples < 1 or args.batch_size < 1:
         print("predict: error: --n-samples and --batch-size must be >= 1", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")

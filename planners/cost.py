@@ -7,7 +7,8 @@ autoencoder latents), so a printed cost is never mislabelled.
 
 ``world_model_cost`` turns a world model and a goal into the cost function the
 CEM planner takes: it rolls every candidate out ``rollouts`` times with a
-sliding context and averages the distances, as in NWM's protocol.
+sliding context and averages the distances, as in NWM's protocol. ``memory_cost`` is
+the same over composed memory experts rolled out from an episode's memory.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable
 import torch
 
 from eval.metrics import lpips, lpips_available, ssim
+from nav_come.compose import rollout
 from nav_come.geometry import step_actions, waypoints_from_actions
+from nav_come.memory_bank import EpisodeMemory
 
 DISTANCES = ("auto", "lpips", "dssim", "latent_mse")
 
@@ -55,6 +58,28 @@ def path_length(deltas: torch.Tensor) -> torch.Tensor:
     return deltas[..., :2].norm(dim=-1).sum(-1)
 
 
+def candidate_motions(deltas: torch.Tensor, rollouts: int) -> torch.Tensor:
+    """Per-step deltas (N, H, 3) in the start frame -> one-step motions (N*R, H, 3) in the moving frame,
+    each candidate repeated for its R stochastic rollouts."""
+    N = deltas.shape[0]
+    poses = torch.cat([deltas.new_zeros(N, 1, 3), waypoints_from_actions(deltas)], 1)  # (N, H+1, 3)
+    return step_actions(poses).repeat_interleave(rollouts, 0)
+
+
+def _goal_target(world_model, goal: torch.Tensor, distance: GoalDistance) -> torch.Tensor:
+    """The goal as the distance compares it: the frame, or its latent (encoded once)."""
+    return goal if distance.needs_pixels else world_model.encode(goal[None, None].to(world_model.device))[0, 0]
+
+
+def _final_cost(world_model, last: torch.Tensor, target: torch.Tensor, distance: GoalDistance, deltas: torch.Tensor,
+                rollouts: int, length_weight: float) -> torch.Tensor:
+    """Last imagined latents (N*R, c, h, w) -> (N,) goal distance averaged over rollouts, plus the length penalty."""
+    if distance.needs_pixels:
+        last = world_model.decode(last)  # (N*R, 3, H, W)
+    d = distance(last, target).view(deltas.shape[0], rollouts).mean(1)  # (N,)
+    return d + length_weight * path_length(deltas).to(d)
+
+
 def world_model_cost(
     world_model,
     context: torch.Tensor,
@@ -70,17 +95,39 @@ def world_model_cost(
     encoded once here, not once per candidate or per CEM iteration.
     """
     ctx = world_model.encode(context.to(world_model.device))  # (1, C, c, h, w)
-    target = goal if distance.needs_pixels else world_model.encode(goal[None, None].to(world_model.device))[0, 0]
+    target = _goal_target(world_model, goal, distance)
 
     def cost(deltas: torch.Tensor) -> torch.Tensor:
-        N, H, _ = deltas.shape
-        poses = torch.cat([deltas.new_zeros(N, 1, 3), waypoints_from_actions(deltas)], 1)  # (N, H+1, 3)
-        steps = step_actions(poses).repeat_interleave(rollouts, 0)  # (N*R, H, 3) motions in the moving frame
+        steps = candidate_motions(deltas, rollouts)  # (N*R, H, 3)
         out = world_model.rollout(ctx, steps, generator=generator, decode=False)
         last = out["latents"][:, -1]  # (N*R, c, h, w): only the final frame is compared
-        if distance.needs_pixels:
-            last = world_model.decode(last)  # (N*R, 3, H, W)
-        d = distance(last, target).view(N, rollouts).mean(1)  # (N,)
-        return d + length_weight * path_length(deltas).to(d)
+        return _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight)
+
+    return cost
+
+
+def memory_cost(
+    world_model,
+    denoiser,
+    memory: EpisodeMemory,
+    goal: torch.Tensor,
+    distance: GoalDistance,
+    rollouts: int = 3,
+    generator: torch.Generator | None = None,
+    length_weight: float = 0.0,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The same cost over composed memory experts (CoME, NWM+STM, NWM+LTM).
+
+    denoiser: a :class:`~nav_come.compose.ComposedDenoiser`; memory: the episode, whose newest
+    real frames are the context (already encoded). Every candidate × rollout runs in ONE
+    composed rollout (batch N*R), with the world model's sampler and sampler steps; the
+    world model only decodes (and encodes a latent goal).
+    """
+    target = _goal_target(world_model, goal, distance)
+
+    def cost(deltas: torch.Tensor) -> torch.Tensor:
+        steps = candidate_motions(deltas, rollouts).to(world_model.device)  # (N*R, H, 3)
+        latents = rollout(denoiser, memory, steps, world_model.sampler_steps, generator, world_model.sampler)
+        return _final_cost(world_model, latents[:, -1], target, distance, deltas, rollouts, length_weight)
 
     return cost

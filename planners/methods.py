@@ -2,23 +2,48 @@
 
 - ``nwm``: the CEM planner over the base world model (NWM protocol);
 - ``gnm``, ``nomad``: goal-conditioned policies;
-- ``come``, ``nwm+stm``, ``nwm+ltm``: the CEM planner over composed memory experts (needs their checkpoints).
+- ``come``, ``nwm+stm``, ``nwm+ltm``: the CEM planner over composed memory experts
+  (:class:`MemoryPlanner`: base + STM + LTM + SLTM, base + STM, base + LTM).
 
-Checkpoints live in one folder per dataset, e.g. ``checkpoints/maze/{ae,base,gnm,nomad}``.
+Checkpoints live in one folder per dataset, the world model's folder with every expert
+and policy beside it (``python -m nav_come.train_expert --out`` writes them there)::
+
+    checkpoints/maze/{ae,base}     the world model (nav_come.world_model)
+    checkpoints/maze/{stm,sltm}    trained memory experts (CoME needs both, NWM+STM the STM)
+    checkpoints/maze/{ssm,full}    the memory baselines (the memory table only)
+    checkpoints/maze/ltm/          optional: the LTM's settings only (see :func:`ltm_expert`)
+    checkpoints/maze/{gnm,nomad}   the policies
+
+The LTM has no trained weights: its LoRA adapter starts at zero on the base network and is
+trained at test time on the episode, so NWM+LTM needs only ``ae/`` and ``base/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from nav_come.checkpoint import CONFIG, CheckpointError, read_config
+from nav_come.compose import ComposedDenoiser, rollout
+from nav_come.data.config import METRIC_WAYPOINT_SPACING
+from nav_come.experts import BaseExpert, LTMConfig, LTMExpert, load_expert
 from nav_come.geometry import step_actions, waypoints_from_actions
+from nav_come.memory_bank import EpisodeMemory
 from planners import cem
-from planners.cost import GoalDistance, world_model_cost
+from planners.cost import GoalDistance, memory_cost, world_model_cost
 
 METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm")
+MEMORY_METHODS = {"come": ("stm", "ltm", "sltm"), "nwm+stm": ("stm",), "nwm+ltm": ("ltm",)}  # besides the base
+DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}  # DESIGN §1: about 2 for memory experts
+LABELS = {"come": "CoME", "nwm+stm": "NWM+STM", "nwm+ltm": "NWM+LTM"}
+LTM_DIR = "ltm"
 
 
 class MethodUnavailable(RuntimeError):
@@ -33,10 +58,17 @@ class PlanResult:
     imagined: torch.Tensor | None = None  # (K, 3, H, W) the world model's rollout of the plan
     mean: torch.Tensor | None = None  # CEM state, for warm starts
     std: torch.Tensor | None = None
+    note: str | None = None  # e.g. a memory planner that had no history to use
+
+
+def _plan_motions(deltas: torch.Tensor) -> torch.Tensor:
+    """The plan's per-step deltas (K, 3) -> one-step motions (1, K, 3) for a rollout."""
+    poses = torch.cat([torch.zeros(1, 3), waypoints_from_actions(deltas)])  # (K+1, 3)
+    return step_actions(poses)[None]
 
 
 class WorldModelPlanner:
-    """CEM over a world model: NWM with the base expert, CoME with the composed experts."""
+    """CEM over the base world model (NWM); :class:`MemoryPlanner` changes what a plan rolls out."""
 
     def __init__(
         self,
@@ -49,6 +81,18 @@ class WorldModelPlanner:
         self.world_model, self.cfg, self.distance = world_model, cem_config, distance
         self.rollouts, self.length_weight = rollouts, length_weight
 
+    def _start(self, context: torch.Tensor):
+        """What every candidate of a plan starts from, and a note about it (None)."""
+        return context, None
+
+    def _cost(self, start, goal: torch.Tensor, generator: torch.Generator | None):
+        return world_model_cost(self.world_model, start, goal, self.distance, self.rollouts, generator,
+                                self.length_weight)  # fmt: skip
+
+    def _imagine(self, start, motions: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Frames (K, 3, H, W) of the rollout of one-step motions (1, K, 3)."""
+        return self.world_model.rollout(start, motions, generator=generator)["frames"][0]
+
     def __call__(
         self,
         context: torch.Tensor,
@@ -58,17 +102,105 @@ class WorldModelPlanner:
         imagine: bool = False,
     ) -> PlanResult:
         """context (1, C, 3, H, W) in [0, 1]; goal (3, H, W)."""
-        cost = world_model_cost(
-            self.world_model, context, goal, self.distance, self.rollouts, generator, self.length_weight
-        )
+        start, note = self._start(context)
+        cost = self._cost(start, goal, generator)
         mean, std = (warm_start.mean, warm_start.std) if warm_start is not None else (None, None)
         res = cem.plan(cost, self.cfg, generator, mean, std)
-        imagined = None
-        if imagine:
-            poses = torch.cat([torch.zeros(1, 3), waypoints_from_actions(res.deltas)])  # (K+1, 3)
-            out = self.world_model.rollout(context, step_actions(poses)[None], generator=generator)
-            imagined = out["frames"][0]
-        return PlanResult(res.waypoints, res.cost, self.distance.name, imagined, res.mean, res.std)
+        imagined = self._imagine(start, _plan_motions(res.deltas), generator) if imagine else None
+        return PlanResult(res.waypoints, res.cost, self.distance.name, imagined, res.mean, res.std, note)
+
+
+class MemoryPlanner(WorldModelPlanner):
+    """CEM over composed memory experts: every candidate × rollout in one composed rollout
+    (:func:`nav_come.compose.rollout`) from the episode's memory.
+
+    :meth:`observe` gives it the episode so far: the frames the robot saw, oldest first, the
+    newest being the current view, with their world poses. They are encoded once there and
+    the LTM memorises them there (``observe(..., append=True)`` streams new frames). A plan
+    then uses that history, with its newest C frames replaced by the call's context (the
+    history gives their poses). Without a history (e.g. ``plan.py``) it plans from the context
+    alone, so its memory experts see no memory, and it says so (a warning and
+    ``PlanResult.note``). ``last_observe`` holds the time and LTM report of the last observe.
+    """
+
+    def __init__(
+        self,
+        world_model,
+        denoiser,
+        cem_config: cem.CEMConfig,
+        distance: GoalDistance,
+        rollouts: int = 3,
+        spacing: float = 0.25,
+        length_weight: float = 0.0,
+        name: str = "come",
+    ):
+        super().__init__(world_model, cem_config, distance, rollouts, length_weight)
+        self.denoiser, self.spacing, self.name = denoiser, spacing, name
+        self.history = None  # EpisodeMemory of the observed frames
+        self.last_observe: dict = {}
+        self._warned = False
+
+    def reset(self) -> None:
+        """Forget the episode (the LTM adapter goes back to zero)."""
+        self.history = None
+        for expert in self.denoiser.experts.values():
+            if hasattr(expert, "reset"):
+                expert.reset()
+
+    def _latents(self, frames) -> torch.Tensor:
+        """(T, 3, H, W) frames in [0, 1], (T, H, W, 3) uint8, or (T, c, h, w) latents -> latents (T, c, h, w)."""
+        x = frames if isinstance(frames, torch.Tensor) else torch.as_tensor(np.stack([np.asarray(f) for f in frames]))
+        if x.ndim != 4:
+            raise ValueError(f"observe needs (T, 3, H, W) or (T, H, W, 3) frames or latents, got {tuple(x.shape)}")
+        if tuple(x.shape[1:]) == self.world_model.latent_shape:
+            return x.float().to(self.world_model.device)
+        if x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.movedim(-1, 1)  # (T, H, W, 3) -> (T, 3, H, W)
+        return self.world_model.encode(x[None].to(self.world_model.device))[0]
+
+    def observe(self, frames, poses=None, append: bool = False) -> None:
+        """The episode so far; poses (T, 3) world (x, y metres, yaw radians). See the class docstring."""
+        if not append or self.history is None:
+            self.reset()
+        if len(frames) == 0:
+            return
+        if poses is None:
+            warnings.warn(f"{self.name}: frames observed without poses cannot be placed in memory; "
+                          "they are ignored", stacklevel=2)  # fmt: skip
+            return
+        poses = np.asarray(poses, np.float64).reshape(-1, 3)
+        if len(poses) != len(frames):
+            raise ValueError(f"observe got {len(frames)} frames but {len(poses)} poses")
+        start = time.perf_counter()
+        latents = self._latents(frames)  # (T, c, h, w)
+        if self.history is None:
+            self.history = EpisodeMemory(latents, poses, self.spacing)
+        else:
+            self.history.append(latents, poses)
+        reports = {k: v for k, v in self.denoiser.prepare(self.history).items() if v is not None}  # the LTM's
+        self.last_observe = {"frames": len(frames), "seconds": time.perf_counter() - start, **reports}
+
+    def _start(self, context: torch.Tensor):
+        """The episode memory of one plan: the history with the call's context as its newest frames."""
+        ctx = self.world_model.context_latents(context, 1)[0]  # (C, c, h, w), encoded once per plan
+        C = len(ctx)
+        if self.history is not None and len(self.history) >= C:
+            latents = torch.cat([self.history.latents[:-C], ctx.to(self.history.latents)])
+            return EpisodeMemory(latents, self.history.poses, self.spacing), None
+        note = f"{self.name}: no episode history observed; planning from the {C} context frames only"
+        if not self._warned:
+            warnings.warn(note, stacklevel=3)
+            self._warned = True
+        return EpisodeMemory(ctx, np.zeros((C, 3)), self.spacing), note  # poses unknown: the robot's frame
+
+    def _cost(self, memory: EpisodeMemory, goal: torch.Tensor, generator: torch.Generator | None):
+        return memory_cost(self.world_model, self.denoiser, memory, goal, self.distance, self.rollouts, generator,
+                           self.length_weight)  # fmt: skip
+
+    def _imagine(self, memory: EpisodeMemory, motions: torch.Tensor, generator: torch.Generator | None):
+        wm = self.world_model
+        latents = rollout(self.denoiser, memory, motions.to(wm.device), wm.sampler_steps, generator, wm.sampler)
+        return wm.decode(latents[0])
 
 
 class PolicyPlanner:
@@ -96,6 +228,101 @@ def _need(folder: Path, what: str, command: str) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------------- memory experts
+
+
+def _ltm_config(folder: Path):
+    """The LTMConfig in ``folder/config.json`` (weights beside it, if any, are not read)."""
+    path = folder / CONFIG
+    try:
+        header = json.loads(path.read_text())
+        if header.get("kind") != "ltm":
+            raise ValueError(f"kind is {header.get('kind')!r}, not 'ltm'")
+        return LTMConfig(**header["config"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a valid LTM config ({e}); write it with experts.save_expert") from e
+
+
+def ltm_expert(ckpt_dir: str | Path, network, stm=None):
+    """The LTM expert on ``network`` (the base expert's DiT, in place, so that the base, the LTM
+    and its partner run in one forward).
+
+    Convention: ``ckpt_dir/ltm/config.json`` (an ``ltm`` checkpoint config, as
+    ``nav_come.experts.save_expert`` writes it; a ``model.safetensors`` beside it is ignored)
+    sets the adapter and test-time training (rank, steps per frame, lr, ``exclude_recent``);
+    its ``net`` must be the base's config. Without it: the LTMConfig defaults, with
+    ``exclude_recent`` = context + the STM's window when an STM is given.
+    """
+    folder = Path(ckpt_dir) / LTM_DIR
+    if folder.is_dir():
+        config = _ltm_config(folder)
+        if config.net != network.config:
+            raise CheckpointError(f"{folder} was made for another base network; re-export it from {ckpt_dir}/base")
+        settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "net"}
+    else:
+        window = getattr(getattr(stm, "config", None), "window", None)
+        settings = {"exclude_recent": network.config.context + window} if window else {}
+    return LTMExpert.attach(network, **settings)
+
+
+def _expert_folder(ckpt_dir: Path, name: str, what: str) -> Path:
+    command = f"python -m nav_come.train_expert --expert {name} --base {ckpt_dir} --data DATA --out {ckpt_dir}"
+    return _need(ckpt_dir / name, what, command)
+
+
+def trained_expert(ckpt_dir: str | Path, name: str, world_model, device: str | torch.device = "cpu"):
+    """A trained memory expert from ``ckpt_dir/<name>`` (MethodUnavailable when missing), checked
+    against the world model."""
+    ckpt_dir = Path(ckpt_dir)
+    expert = load_expert(_expert_folder(ckpt_dir, name, f"{name.upper()} expert"), device)
+    mine, base = expert.network.config, world_model.dit.config
+    if (mine.latent_channels, mine.latent_size, mine.context) != (base.latent_channels, base.latent_size, base.context):
+        raise CheckpointError(f"{ckpt_dir / name} does not fit the world model in {ckpt_dir} (latents, context)")
+    return expert
+
+
+def memory_experts(
+    ckpt_dir: str | Path, names, world_model, device: str | torch.device = "cpu", missing: dict | None = None
+) -> dict:
+    """{"base": BaseExpert(world_model.dit), name: expert, ...} for ``names`` among stm, ltm, sltm,
+    ssm, full, all on the world model's schedule and bf16 setting (the LTM's adapter is put on
+    the base network in place: once per world model). A missing checkpoint raises
+    MethodUnavailable, or with ``missing`` is recorded there ({name: reason}) and left out."""
+    experts = {"base": BaseExpert(world_model.dit)}
+    for name in names:
+        try:
+            if name != "ltm":
+                experts[name] = trained_expert(ckpt_dir, name, world_model, device)
+        except MethodUnavailable as e:
+            if missing is None:
+                raise
+            missing[name] = str(e)
+    if "ltm" in names:
+        experts["ltm"] = ltm_expert(ckpt_dir, world_model.dit, experts.get("stm"))
+    for expert in experts.values():
+        expert.schedule, expert.bf16 = world_model.schedule, world_model.bf16
+    return {n: experts[n] for n in ("base", *names) if n in experts}
+
+
+def expert_spacing(ckpt_dir: str | Path, names) -> float | None:
+    """Metres per step of the data the trained experts saw (their checkpoint metadata), if recorded."""
+    for name in names:
+        if name != "ltm" and (Path(ckpt_dir) / name).is_dir():
+            spacing = read_config(Path(ckpt_dir) / name)[2].get("spacing")
+            if spacing:
+                return float(spacing)
+    return None
+
+
+def _memory_planner(name, ckpt_dir: Path, wm, device, cem_config, distance, rollouts, spacing, alphas):
+    names = MEMORY_METHODS[name]
+    experts = memory_experts(ckpt_dir, names, wm, device)
+    alphas = {**DEFAULT_ALPHAS, **(alphas or {})}
+    composed = ComposedDenoiser(experts, {n: alphas[n] for n in experts}, schedule=wm.schedule, bf16=wm.bf16)
+    spacing = spacing or expert_spacing(ckpt_dir, names) or METRIC_WAYPOINT_SPACING["nav_come_sim"]
+    return MemoryPlanner(wm, composed, cem_config, distance, rollouts, spacing, name=LABELS[name])
+
+
 def load_method(
     name: str,
     ckpt_dir: str | Path,
@@ -105,8 +332,15 @@ def load_method(
     sampler_steps: int = 5,
     rollouts: int = 3,
     lpips_weights: str | None = None,
-) -> WorldModelPlanner | PolicyPlanner:
-    """Build the planner of method ``name`` from the checkpoints in ``ckpt_dir``."""
+    spacing: float | None = None,
+    alphas: dict[str, float] | None = None,
+) -> WorldModelPlanner | MemoryPlanner | PolicyPlanner:
+    """Build the planner of method ``name`` from the checkpoints in ``ckpt_dir``.
+
+    spacing: metres per step of the data planned on (memory methods place observed poses with
+    it; default: the experts' training data, else the simulator's); alphas: {expert: alpha}
+    of a memory method (default ``DEFAULT_ALPHAS``).
+    """
     name = name.lower()
     ckpt_dir = Path(ckpt_dir)
     if name not in METHODS:
@@ -120,13 +354,14 @@ def load_method(
             f"python -m planners.train_policy --policy {name} --data DATA --out {ckpt_dir / name}",
         )
         return PolicyPlanner(load_policy(folder, device=device))
-    if name == "come":
-        raise MethodUnavailable(
-            "CoME needs the memory-expert checkpoints, which are not shipped yet; "
-            "use --method nwm (the base world model) meanwhile"
-        )
     from nav_come.world_model import WorldModel
 
     _need(ckpt_dir / "base", "world model", f"python -m nav_come.train --data DATA --out {ckpt_dir}")
+    for expert in MEMORY_METHODS.get(name, ()):
+        if expert != "ltm":
+            _expert_folder(ckpt_dir, expert, f"{LABELS[name]}'s {expert.upper()} expert")
     wm = WorldModel.from_pretrained(ckpt_dir, device=device, sampler_steps=sampler_steps)
-    return WorldModelPlanner(wm, cem_config or cem.CEMConfig(), GoalDistance(distance, lpips_weights), rollouts)
+    cem_config, goal_distance = cem_config or cem.CEMConfig(), GoalDistance(distance, lpips_weights)
+    if name in MEMORY_METHODS:
+        return _memory_planner(name, ckpt_dir, wm, device, cem_config, goal_distance, rollouts, spacing, alphas)
+    return WorldModelPlanner(wm, cem_config, goal_distance, rollouts)

@@ -1,0 +1,324 @@
+"""The memory ablation (issue 5; DESIGN §4, Table 1) behind ``python eval/predict.py --memory``.
+
+Each sample of the split's ``memory_eval.json`` (``[{"traj", "t", "context", "horizon"}]``: a
+frame t whose future t+1..t+horizon revisits places seen more than 32 frames before t) is
+evaluated at every context length L:
+
+1. the episode memory (:class:`~nav_come.memory_bank.EpisodeMemory`) holds the latents and
+   world poses of the last L frames up to t (fewer where the trajectory has fewer);
+2. the LTM memorises the part of it older than its ``exclude_recent`` (context + STM window),
+   timed (``prepare_s``, seconds per sequence; ``ltm`` in the report: seconds per stored frame);
+3. every method rolls the horizon out from the newest frames of the memory with the
+   ground-truth one-step actions (:func:`nav_come.compose.rollout`), with the same noise for
+   every method (``seed`` and the sequence's position);
+4. the predictions are decoded and scored against the true frames (PSNR, SSIM; LPIPS only
+   with user weights, else null), averaged over the horizon; a row gives the mean and the
+   standard error (std / sqrt(n), null for n = 1) over sequences.
+
+Rows (``ROWS``): "+X" is the base composed with expert X, "CoME" the base with STM, LTM and
+SLTM, all contrastive with the given alphas (base 1); "CoME (no contrast)" the plain product.
+Sliding (the STM network), SSM and Full are those networks alone. ``copy_nearest`` (naive
+recall, DESIGN §5) predicts the frame older than the context nearest each target pose (the
+SLTM's retrieval rule; the newest context frame where none is near). A row whose expert
+checkpoint is missing is skipped, with the reason.
+
+Cost: ``s_per_frame`` is the wall time of a method's rollout and decoding divided by the
+horizon (the LTM's memorisation is apart, in ``prepare_s``); ``peak_mb`` the largest, over
+sequences, peak memory of that work above its start, as ``PeakMemory`` measures it (the
+report's ``peak_memory`` says how).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import json
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nav_come.compose import ComposedDenoiser, rollout
+from nav_come.data import DataFormatError, load_frames, one_step_actions, poses, read_trajectory, split_path
+from nav_come.experts import copy_nearest
+from nav_come.memory_bank import EpisodeMemory
+from planners.methods import DEFAULT_ALPHAS, memory_experts
+
+ROWS: dict[str, tuple[tuple[str, ...], bool]] = {  # row -> (experts, contrastive)
+    "Base": (("base",), True),
+    "+STM": (("base", "stm"), True),
+    "+LTM": (("base", "ltm"), True),
+    "+SLTM": (("base", "sltm"), True),
+    "+STM+LTM": (("base", "stm", "ltm"), True),
+    "CoME": (("base", "stm", "ltm", "sltm"), True),
+    "CoME (no contrast)": (("base", "stm", "ltm", "sltm"), False),
+    "Sliding": (("stm",), True),
+    "SSM": (("ssm",), True),
+    "Full": (("full",), True),
+}
+COPY_NEAREST = "copy_nearest"
+EXPERTS = ("stm", "ltm", "sltm", "ssm", "full")
+FIGURE_SEQS = 3  # sequences shown in the figure
+Score = Callable[[torch.Tensor, torch.Tensor, bool], dict[str, torch.Tensor]]  # per-image metrics
+
+
+class CopyNearest:
+    """Naive recall as a denoiser: its x0 is the latent of the past frame nearest the target pose
+    (:func:`nav_come.experts.copy_nearest`), so any sampler returns that frame and a rollout of it
+    runs exactly the loop the experts run."""
+
+    def __init__(self, context: int, schedule):
+        self.context, self.schedule = context, schedule
+
+    def condition(self, memory: EpisodeMemory, query) -> torch.Tensor:
+        return copy_nearest(memory, query)  # (B, c, h, w)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.schedule.v_from_x0(x_t, cond.to(x_t), t)
+
+
+class PeakMemory:
+    """Peak memory of a block above its level at the start, in MiB (``mb``); ``how`` says what was read."""
+
+    HOW = {
+        "cuda": "torch.cuda.max_memory_allocated above the allocation at the start of the method (MiB)",
+        "rss": "peak resident set size above the RSS at the start of the method (MiB): Linux VmHWM, reset through "
+        "/proc/self/clear_refs after glibc's malloc_trim has returned freed memory, so reused memory counts",
+        "ru_maxrss": "growth of getrusage's max RSS during the method (MiB; 0 unless it sets a new process peak)",
+    }
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb, self.how = device, 0.0, self.kind(device)
+
+    @classmethod
+    def kind(cls, device: torch.device) -> str:
+        """What is read on ``device``: a key of ``HOW``."""
+        return "cuda" if device.type == "cuda" else ("rss" if cls._reset_hwm() else "ru_maxrss")
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    @functools.cache
+    def _libc():
+        try:
+            return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            return None
+
+    @classmethod
+    def _trim(cls) -> None:
+        """Return freed heap memory to the OS, so the RSS at the start excludes what earlier work left."""
+        libc = cls._libc()
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+    @staticmethod
+    def _status_kb(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise OSError(f"no {key} in /proc/self/status")
+
+    def _read(self, peak: bool) -> float:
+        if self.how == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) if peak else torch.cuda.memory_allocated(self.device)
+        if self.how == "rss":
+            return 1024.0 * self._status_kb("VmHWM" if peak else "VmRSS")
+        return 1024.0 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+
+    def __enter__(self) -> PeakMemory:
+        if self.how == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.how == "rss":
+            self._trim()
+            self._reset_hwm()
+        self.start = self._read(peak=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.mb = max(0.0, self._read(peak=True) - self.start) / 2**20
+
+
+def load_samples(data: Path, split_dir, dataset, n: int | None, split: str = "test") -> list[dict]:
+    """The split's memory_eval samples: the first ``n`` after a fixed shuffle, in file order."""
+    path = split_path(data, split, split_dir, dataset).parent / "memory_eval.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the memory table reads the {split} split's memory_eval.json "
+                                "([{traj, t, context, horizon}], written by envs/collect.py)")  # fmt: skip
+    samples = json.loads(path.read_text())
+    if not samples or not all(isinstance(s, dict) and {"traj", "t", "horizon"} <= s.keys() for s in samples):
+        raise DataFormatError(f"{path}: needs a non-empty list of {{traj, t, context, horizon}} objects")
+    keep = np.sort(np.random.default_rng(0).permutation(len(samples))[:n])
+    return [samples[i] for i in keep]
+
+
+def denoisers(world_model, experts: dict, alphas: dict, normalise: bool, missing: dict) -> tuple[dict, dict]:
+    """{row: denoiser} for the rows whose experts are all there, and {row: reason} for the others."""
+    out, skipped = {}, {}
+    for row, (names, contrastive) in ROWS.items():
+        lacking = [n for n in names if n not in experts]
+        if lacking:
+            skipped[row] = missing.get(lacking[0], f"needs the {lacking[0]} expert")
+            continue
+        alone = len(names) == 1  # the expert itself (alpha 1)
+        weights = {n: 1.0 if alone else alphas.get(n, 1.0) for n in names}
+        out[row] = ComposedDenoiser({n: experts[n] for n in names}, weights, contrastive, normalise and not alone,
+                                    schedule=world_model.schedule, bf16=world_model.bf16)  # fmt: skip
+    out[COPY_NEAREST] = CopyNearest(world_model.context, world_model.schedule)
+    return out, skipped
+
+
+def load_sequence(world_model, data: Path, sample: dict, spacing: float, longest: int) -> dict:
+    """One sample: latents (T, c, h, w) and world poses (T, 3) of up to ``longest`` frames up to t,
+    the true future frames (K, 3, H, W), its one-step actions (K, 3) and the memory's frames."""
+    t, K, folder = int(sample["t"]), int(sample["horizon"]), data / sample["traj"]
+    tr = read_trajectory(folder, load_images=False)
+    if t < 0 or K < 1 or t + K >= len(tr.yaw):
+        raise DataFormatError(f"memory_eval sample {sample} does not fit {folder} ({len(tr.yaw)} frames)")
+    lo = t + 1 - min(longest, int(sample.get("context", t + 1)), t + 1)
+    x = torch.from_numpy(load_frames(folder, range(lo, t + K + 1), world_model.ae.config.image_size))
+    x = x.float().div(255).movedim(-1, -3)  # (T+K, 3, H, W)
+    return {
+        "latents": world_model.encode(x[None, : t + 1 - lo])[0],  # (T, c, h, w), encoded once for every L
+        "poses": poses(tr.position, tr.yaw)[lo : t + 1],
+        "actions": torch.from_numpy(one_step_actions(tr.position, tr.yaw, spacing)[t : t + K]).float(),
+        "truth": x[t + 1 - lo :],
+        "frames": x[: t + 1 - lo],
+        "label": f"{sample['traj']} t={t}",
+    }
+
+
+def _predict(world_model, method, memory: EpisodeMemory, actions: torch.Tensor, steps: int, seed: int) -> dict:
+    """One method's decoded rollout (K, 3, H, W), its seconds and peak memory."""
+    gen = torch.Generator().manual_seed(seed)
+    steps = 1 if isinstance(method, CopyNearest) else steps  # its x0 is exact at any step
+    with PeakMemory(world_model.device) as peak:
+        start = time.perf_counter()
+        z = rollout(method, memory, actions[None].to(world_model.device), steps, gen, world_model.sampler)[0]
+        frames = world_model.decode(z).cpu()
+        seconds = time.perf_counter() - start
+    return {"frames": frames, "seconds": seconds, "peak_mb": peak.mb}
+
+
+def _summary(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error over sequences (None for one sequence)."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def _rows(acc: dict, contexts: list[int], names: list[str]) -> list[dict]:
+    rows = []
+    for L in contexts:
+        for name in names:
+            a = acc[L][name]
+            psnr, psnr_se = _summary(a["psnr"])
+            ssim, ssim_se = _summary(a["ssim"])
+            rows.append({"method": name, "psnr": psnr, "psnr_se": psnr_se, "ssim": ssim, "ssim_se": ssim_se,
+                         "lpips": _summary(a["lpips"])[0] if a["lpips"] else None,
+                         "s_per_frame": float(np.mean(a["s_per_frame"])), "peak_mb": float(max(a["peak_mb"])),
+                         "n": len(a["psnr"]), "context": L, "context_frames": float(np.mean(a["frames"])),
+                         "prepare_s": float(np.mean(a["prepare_s"]))})  # fmt: skip
+    return rows
+
+
+def _score_memory(world_model, denoisers: dict, memory: EpisodeMemory, seq: dict, seed: int, steps: int, score: Score,
+                  with_lpips: bool, prepare_s: float, acc: dict) -> dict:  # fmt: skip
+    """Every row's prediction from one memory, scored into ``acc[name]``; returns the predictions."""
+    preds, K = {}, len(seq["truth"])
+    for name, method in denoisers.items():
+        out = _predict(world_model, method, memory, seq["actions"], steps, seed)
+        a = acc[name]
+        for k, v in score(out["frames"], seq["truth"], with_lpips).items():
+            a[k].append(float(v.mean()))  # mean over the horizon
+        uses_ltm = isinstance(method, ComposedDenoiser) and "ltm" in method.experts
+        a["s_per_frame"].append(out["seconds"] / K)
+        a["peak_mb"].append(out["peak_mb"])
+        a["frames"].append(len(memory))
+        a["prepare_s"].append(prepare_s if uses_ltm else 0.0)
+        preds[name] = out["frames"]
+    return preds
+
+
+def evaluate(world_model, denoisers: dict, ltm, sequences, contexts: list[int], spacing: float, seed: int, steps: int,
+             score: Score, with_lpips: bool = False, bar=None) -> dict:  # fmt: skip
+    """Score every row at every context length; see the module docstring.
+
+    denoisers: {row name: denoiser} (:func:`denoisers`); ltm: the LTM expert that memorises each memory
+    (None: no row uses it); sequences: an iterable of :func:`load_sequence` dicts. Returns
+    {"rows", "ltm": [{context, s_per_stored_frame, frames}], "peak_memory", "shown"}.
+    """
+    keys = ("psnr", "ssim", "lpips", "s_per_frame", "peak_mb", "frames", "prepare_s")
+    acc = {L: {n: {k: [] for k in keys} for n in denoisers} for L in contexts}
+    memorised = {L: [] for L in contexts}  # (seconds, frames) per sequence
+    shown = []
+    for i, seq in enumerate(sequences):
+        for L in contexts:
+            T = min(L, len(seq["latents"]))
+            memory = EpisodeMemory(seq["latents"][-T:], seq["poses"][-T:], spacing)
+            report = ltm.memorize(memory) if ltm is not None else None
+            if report is not None and report.frames:
+                memorised[L].append((report.seconds, report.frames))
+            prepare_s = report.seconds if report is not None else 0.0
+            if i == 0 and L == contexts[0]:  # warm-up, untimed: one-off allocations and kernel choices
+                warm = EpisodeMemory(memory.latents, memory.poses, spacing)  # apart: the SSM caches per memory
+                for method in denoisers.values():
+                    _predict(world_model, method, warm, seq["actions"][:1], steps, 0)
+            preds = _score_memory(world_model, denoisers, memory, seq, seed * 1_000_003 + i, steps, score, with_lpips,
+                                  prepare_s, acc[L])  # fmt: skip
+            if i < FIGURE_SEQS and L == contexts[-1]:
+                strip = np.linspace(len(seq["frames"]) - T, len(seq["frames"]) - 1, len(seq["truth"])).round()
+                shown.append({"label": seq["label"], "context": T, "strip": seq["frames"][strip.astype(int)],
+                              "truth": seq["truth"], "preds": preds})  # fmt: skip
+            if bar is not None:
+                bar.update()
+    ltm_rows = [{"context": L, "s_per_stored_frame": sum(s for s, _ in m) / sum(f for _, f in m),
+                 "frames": float(np.mean([f for _, f in m]))} for L, m in memorised.items() if m]  # fmt: skip
+    how = PeakMemory.HOW[PeakMemory.kind(world_model.device)]
+    return {"rows": _rows(acc, contexts, list(denoisers)), "ltm": ltm_rows, "peak_memory": how, "shown": shown}
+
+
+def build(world_model, ckpt: Path, alphas: dict, normalise: bool, device) -> tuple[dict, dict, object]:
+    """{row name: denoiser}, the skipped rows {name: reason} and the LTM expert (None if no row uses it)."""
+    missing: dict[str, str] = {}
+    experts = memory_experts(ckpt, EXPERTS, world_model, device, missing)
+    rows, skipped = denoisers(world_model, experts, {**DEFAULT_ALPHAS, **alphas}, normalise, missing)
+    uses_ltm = any(isinstance(m, ComposedDenoiser) and "ltm" in m.experts for m in rows.values())
+    return rows, skipped, experts["ltm"] if uses_ltm else None
+
+
+def parse_alphas(items: list[str]) -> dict[str, float]:
+    """["stm=2", "ltm=1.5"] -> {"stm": 2.0, "ltm": 1.5}; ValueError names the bad item."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in DEFAULT_ALPHAS or not value:
+            raise ValueError(f"--alpha takes EXPERT=VALUE with EXPERT in {' '.join(DEFAULT_ALPHAS)}, got {item!r}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--alpha {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def _pm(mean: float, se: float | None, digits: int) -> str:
+    return f"{mean:.{digits}f} ± " + (f"{se:.{digits}f}" if se is not None else "-")
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'method':<20}{'L':>5}{'PSNR':>16}{'SSIM':>16}{'LPIPS':>7}{'s/frame':>9}{'peak MB':>9}{'n':>4}"]
+    for r in rows:
+        lp = f"{r['lpips']:.3f}" if r["lpips"] is not None else "-"
+        lines.append(f"{r['method']:<20}{r['context']:>5}{_pm(r['psnr'], r['psnr_se'], 2):>16}"
+                     f"{_pm(r['ssim'], r['ssim_se'], 3):>16}{lp:>7}{r['s_per_frame']:>9.3f}{r['peak_mb']:>9.1f}"
+                     f"{r['n']:>4}")  # fmt: skip
+    return "\n".join(lines)
