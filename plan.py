@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint folder (ae/, base/, gnm/, nomad/)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     p.add_argument("--steps", type=int, default=5, help="sampler steps per prediction")
     p.add_argument("--candidates", type=int, default=120)
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
@@ -87,9 +88,11 @@ def run(args) -> dict:
     spacing = data_config("nav_come_sim").metric_waypoint_spacing
     wp = res.waypoints.numpy().astype(float)
     wp_m = np.concatenate([wp[:, :2] * spacing, wp[:, 2:]], 1)
+    meta = EXAMPLES / "example.json"
+    truth = json.loads(meta.read_text())["true_waypoints"] if args.context is None and meta.is_file() else None
     return {"method": method, "waypoints": wp.round(4).tolist(), "waypoints_m": wp_m.round(4).tolist(),
             "cost": res.cost, "cost_name": res.cost_name, "seconds": round(seconds, 2), "seed": args.seed,
-            "_context": context, "_goal": goal, "_imagined": res.imagined, "_spacing": spacing}
+            "_context": context, "_goal": goal, "_imagined": res.imagined, "_spacing": spacing, "_truth": truth}
 
 
 def report(out: dict, args) -> None:
@@ -99,13 +102,17 @@ def report(out: dict, args) -> None:
         print(f"{k:>2} {w[0]:>7.2f} {w[1]:>7.2f} {w[2]:>7.2f}   {m[0]:>7.2f} {m[1]:>7.2f}")
     if out["cost"] is not None:
         print(f"cost ({out['cost_name']}): {out['cost']:.4f}")
+    if out["_truth"] is not None:
+        truth = np.asarray(out["_truth"])
+        print(f"the shipped example's true motion ends at x {truth[-1, 0]:.2f}, y {truth[-1, 1]:.2f} (spacing units)")
     from eval.figures import plan_figure
 
     imagined = out["_imagined"]
     if imagined is not None:
         imagined = (imagined.permute(0, 2, 3, 1).clamp(0, 1).numpy() * 255).astype(np.uint8)
     fig = plan_figure(args.figure, out["_context"], out["_goal"], np.asarray(out["waypoints"]), out["_spacing"],
-                      imagined, title=f"{out['method']} plan")
+                      imagined, None if out["_truth"] is None else np.asarray(out["_truth"]),
+                      title=f"{out['method']} plan")
     print(f"figure: {fig}")
     if args.json:
         from nav_come.io import atomic_write_text
@@ -115,6 +122,8 @@ def report(out: dict, args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from nav_come.checkpoint import CheckpointError
     from planners.methods import MethodUnavailable
 

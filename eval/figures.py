@@ -41,12 +41,13 @@ def plan_figure(path, context: np.ndarray, goal: np.ndarray, waypoints: np.ndarr
         _strip(fig.add_subplot(grid[1, :2]), list(imagined), "imagined rollout of the plan (world model)")
     ax = fig.add_subplot(grid[:, 2])
     xy = np.vstack([[0, 0], waypoints[:, :2]]) * spacing
-    ax.plot(-xy[:, 1], xy[:, 0], "o-", color="tab:blue", label="plan")
+    ax.plot(xy[:, 1], xy[:, 0], "o-", color="tab:blue", label="plan")
     if truth is not None:
         t = np.vstack([[0, 0], truth[:, :2]]) * spacing
-        ax.plot(-t[:, 1], t[:, 0], "s--", color="tab:green", label="ground truth")
+        ax.plot(t[:, 1], t[:, 0], "s--", color="tab:green", label="ground truth")
     ax.plot([0], [0], "k^", markersize=10)
-    ax.set_xlabel("← left   y (m)   right →")
+    ax.invert_xaxis()  # y points left: seen from above with x up, left is on the left
+    ax.set_xlabel("y (m), left positive")
     ax.set_ylabel("x forward (m)")
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
@@ -63,7 +64,8 @@ def trajectories_figure(path, samples: list[dict], spacing: float, title: str = 
     for ax, s in zip(axes[0], samples, strict=True):
         for name, wp in [("ground truth", s["gt"]), *s["methods"].items()]:
             xy = np.vstack([[0, 0], np.asarray(wp)[:, :2]]) * spacing
-            ax.plot(-xy[:, 1], xy[:, 0], "s--" if name == "ground truth" else "o-", label=name, markersize=3)
+            ax.plot(xy[:, 1], xy[:, 0], "s--" if name == "ground truth" else "o-", label=name, markersize=3)
+        ax.invert_xaxis()  # y points left
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
         ax.set_title(s.get("label", ""), fontsize=8)

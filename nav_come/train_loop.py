@@ -11,7 +11,7 @@ Resume state lives in ``last_dir``::
     last_dir/trainer.pt  {"optimizer", "step", "elapsed_s"}
 
 It is written atomically (rank 0 only) every ``ckpt_every_min`` minutes, at the end,
-when ``max_minutes`` runs out and on KeyboardInterrupt; a later run with the same
+when ``max_minutes`` runs out and on Ctrl-C or SIGTERM; a later run with the same
 ``--out`` continues from it. All randomness of step k comes from a generator seeded by
 ``(seed, rank, k)``, so a resumed run draws exactly the batches and noise it would have
 drawn without the interruption.
@@ -23,10 +23,13 @@ batches from its own seed (rank-sharded sampling) and only rank 0 writes or vali
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,6 +220,27 @@ def _agree(flag: bool, dist: Distributed) -> bool:
     return bool(t.item())
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so a killed run saves its resume state.
+
+    (A job started with ``&`` from a script inherits SIGINT ignored; ``kill`` sends SIGTERM.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def fit(
     model: nn.Module,
     kind: str,
@@ -255,25 +279,26 @@ def fit(
 
     bar = tqdm(total=loop.steps, initial=step, desc=desc, disable=not dist.is_main, dynamic_ncols=True)
     smooth = math.nan
-    try:
-        while step < loop.steps:
-            loss = _train_step(net, model, ema, opt, loop, dist, step)
-            step += 1
-            smooth = loss if math.isnan(smooth) else 0.98 * smooth + 0.02 * loss
-            if val_fn is not None and loop.val_every and step % loop.val_every == 0 and dist.is_main:
-                info["val_loss"] = round(val_fn(ema), 6)
-            bar.update(1)
-            bar.set_postfix(loss=f"{smooth:.4f}", val=info["val_loss"], refresh=False)
-            now = time.monotonic()
-            if now - last_save >= 60 * loop.ckpt_every_min:
-                checkpoint()
-                last_save = now
-            if _agree(loop.max_minutes is not None and now - start >= 60 * loop.max_minutes, dist):
-                break
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint()
-        raise
+    with interruptible():
+        try:
+            while step < loop.steps:
+                loss = _train_step(net, model, ema, opt, loop, dist, step)
+                step += 1
+                smooth = loss if math.isnan(smooth) else 0.98 * smooth + 0.02 * loss
+                if val_fn is not None and loop.val_every and step % loop.val_every == 0 and dist.is_main:
+                    info["val_loss"] = round(val_fn(ema), 6)
+                bar.update(1)
+                bar.set_postfix(loss=f"{smooth:.4f}", val=info["val_loss"], refresh=False)
+                now = time.monotonic()
+                if now - last_save >= 60 * loop.ckpt_every_min:
+                    checkpoint()
+                    last_save = now
+                if _agree(loop.max_minutes is not None and now - start >= 60 * loop.max_minutes, dist):
+                    break
+        except KeyboardInterrupt:
+            bar.close()
+            checkpoint()
+            raise
     bar.close()
     if val_fn is not None and dist.is_main:
         info["val_loss"] = round(val_fn(ema), 6)

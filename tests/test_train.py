@@ -165,3 +165,24 @@ def test_corrupt_resume_state_is_one_line(run, data_dir, tmp_path, capsys):
     assert main(["--data", str(data_dir), "--out", str(copy), "--steps", "9", *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "trainer.pt is corrupt" in err and "delete" in err
+
+
+def test_a_killed_run_saves_its_resume_state(data_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "nav_come.train", "--data", str(data_dir), "--out", str(out), "--steps", "100000",
+            "--threads", "1", *TINY]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "last" / "ae").exists() and time.time() < deadline:  # the AE stage is done: the DiT trains
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    state = torch.load(out / "last" / "base" / "trainer.pt", weights_only=False)
+    assert state["step"] > 0
