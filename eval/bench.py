@@ -67,7 +67,8 @@ def _median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int = 5, repeats: int = 3) -> list[dict]:
+def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int = 5, repeats: int = 3,
+                ) -> list[dict]:
     """Seconds per training step (batch 32) and frames/s of one-step predictions, bf16 and fp32 side by side."""
     import torch
 
@@ -80,7 +81,8 @@ def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int
     batch = {"context": torch.randn(batch_train, C, c, h, w, generator=g), "target": torch.randn(batch_train, c, h, w),
              "action": torch.randn(batch_train, 3), "shift": torch.ones(batch_train, dtype=torch.long)}
     opt = torch.optim.AdamW(dit.parameters(), lr=1e-6)
-    ctx, actions = torch.rand(1, C, 3, 64, 64), torch.randn(batch_sample, 3) * 0.3
+    size = wm.ae.config.image_size
+    ctx, actions = torch.rand(1, C, 3, size, size), torch.randn(batch_sample, 3) * 0.3
     rows = []
     for bf16 in (True, False):
         dit.requires_grad_(True).train()

@@ -162,3 +162,11 @@ def test_navigate_runs_closed_loop_episodes(tiny_ckpt, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["NWM"] and rows[0]["episodes"] == 2
     assert 0 <= rows[0]["success"] <= 1 and (tmp_path / "gifs" / "NWM_0.gif").is_file()
+
+
+def test_model_benchmark_reports_both_precisions(tiny_ckpt):
+    from eval.bench import bench_model
+
+    rows = bench_model(tiny_ckpt, batch_train=2, batch_sample=3, steps=1, repeats=1)
+    assert [r["bf16"] for r in rows] == [True, False]
+    assert all(r["train_s_per_step"] > 0 and r["predict_frames_per_s"] > 0 for r in rows)
