@@ -67,8 +67,8 @@ def _median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int = 5, repeats: int = 3,
-                ) -> list[dict]:
+def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int = 5,
+                repeats: int = 3) -> list[dict]:
     """Seconds per training step (batch 32) and frames/s of one-step predictions, bf16 and fp32 side by side."""
     import torch
 
