@@ -71,22 +71,23 @@ def run_episode(env, mpc: MPC, seed: int, revisit: bool, max_steps: int, record:
         path += float(np.linalg.norm(info["pose"][:2] - before))
         collisions += int(info["collision"])
         if record:
-            frames.append(np.concatenate([obs["rgb"], obs["goal"]], 1))
+            frames.append((np.concatenate([obs["rgb"], obs["goal"]], 1), env.render()))
         if terminated or truncated:
             break
     success = bool(info["is_success"])
     spl = success * geodesic / max(path, geodesic, 1e-9)
     return {"success": success, "spl": spl, "collisions": collisions, "s_per_decision": float(np.mean(seconds)),
-            "revisit": revisit, "frames": frames, "map": env.render()}
+            "revisit": revisit, "frames": frames}
 
 
-def save_gif(path: Path, frames: list[np.ndarray], top: np.ndarray) -> None:
+def save_gif(path: Path, frames: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """frames: (camera | goal image, top-down map) per step."""
     import cv2
     import imageio.v2 as imageio
 
-    h = frames[0].shape[0] * 2
-    tiles = [np.concatenate([cv2.resize(f, (f.shape[1] * 2, h), interpolation=cv2.INTER_NEAREST),
-                             cv2.resize(top, (h, h))], 1) for f in frames]
+    h = frames[0][0].shape[0] * 2
+    tiles = [np.concatenate([cv2.resize(view, (view.shape[1] * 2, h), interpolation=cv2.INTER_NEAREST),
+                             cv2.resize(top, (h, h), interpolation=cv2.INTER_AREA)], 1) for view, top in frames]
     path.parent.mkdir(parents=True, exist_ok=True)
     imageio.mimsave(path, tiles, duration=250, loop=0)  # pillow plugin: milliseconds per frame
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             ep = run_episode(env, mpc, args.seed + k, revisit=k % 2 == 1, max_steps=args.max_steps,
                              record=bool(args.gif_dir) and k < args.gifs)
             if ep["frames"]:
-                save_gif(args.gif_dir / f"{m}_{k}.gif", ep["frames"], ep["map"])
+                save_gif(args.gif_dir / f"{m}_{k}.gif", ep["frames"])
             eps.append(ep)
         rows.append({"method": m, "success": float(np.mean([e["success"] for e in eps])),
                      "spl": float(np.mean([e["spl"] for e in eps])),
