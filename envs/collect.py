@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -179,8 +180,6 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp-*"):  # left by an interrupted run; never read as data
-        import shutil
-
         shutil.rmtree(stale, ignore_errors=True)
     jobs, splits = plan_jobs(args.world, args.n_traj, args.traj_len, args.seed, args.image_size, args.traj_per_world)
     todo = [j for j in jobs if not _is_done(out / j.name)]
