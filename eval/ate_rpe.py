@@ -2,6 +2,7 @@
 
     python eval/ate_rpe.py --data DIR [--methods GNM NoMaD NWM CoME NWM+STM NWM+LTM]
                            [--n-samples N] [--seeds 0 1 2] [--history 128] [--json out.json] [--plot out.png]
+    torchrun --nproc_per_node N eval/ate_rpe.py --data DIR [--device cuda] ...
 
 Each sample of the split's ``navigation_eval.json`` (or, for a dataset without
 one, every 8th time step of every trajectory) gives 4 context frames t-3..t,
@@ -14,6 +15,10 @@ The memory methods (CoME, NWM+STM, NWM+LTM) also get the episode before each sam
 frames ``t-history+1..t`` of its trajectory with their world poses from ``traj_data.pkl``
 go through the planner's ``observe`` (encoded once, memorised by the LTM) before it plans;
 the time of that is reported as ``s_per_observe``, apart from ``s_per_plan``.
+
+Seed s plans sample i with a generator seeded from (s, i), so under ``torchrun`` (:mod:`eval.distributed`)
+each rank plans every N-th sample and rank 0, which alone prints and writes, reports the numbers one
+process would; ``s_per_plan`` and ``s_per_observe`` are then medians over the plans of every rank.
 
 ``--json`` writes ``{"rows": [{"method", "ate", "ate_std", "rpe", "rpe_std",
 "ate_m", "rpe_m", "n"}, ...], "protocol": {...}, "data": str}``. Methods whose
@@ -36,16 +41,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from eval import distributed  # noqa: E402
 from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import DataFormatError, data_config, gt_waypoints, load_frames, poses, read_split, split_path  # noqa: E402
 from nav_come.data.recon import read_trajectory  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
+from nav_come.train_loop import Distributed  # noqa: E402
 from planners import cem  # noqa: E402
 from planners.methods import MethodUnavailable, load_method  # noqa: E402
 
 METHOD_NAMES = {"GNM": "gnm", "NoMaD": "nomad", "NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm",
-                "NWM+LTM": "nwm+ltm"}
+                "NWM+LTM": "nwm+ltm"}  # fmt: skip
 CONTEXT, GOAL = 4, 8
 
 
@@ -70,7 +77,7 @@ def load_sample(data: Path, sample: dict, spacing: float, image_size: int) -> di
     frames = load_frames(folder, [*range(t - CONTEXT + 1, t + 1), t + GOAL], image_size)  # (5, H, W, 3)
     x = torch.from_numpy(frames).float().div(255).movedim(-1, -3)  # (5, 3, H, W)
     return {"context": x[None, :CONTEXT], "goal": x[CONTEXT],
-            "gt": gt_waypoints(tr.position, tr.yaw, t, GOAL, spacing=spacing)}
+            "gt": gt_waypoints(tr.position, tr.yaw, t, GOAL, spacing=spacing)}  # fmt: skip
 
 
 def load_history(data: Path, sample: dict, history: int, image_size: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -83,30 +90,43 @@ def load_history(data: Path, sample: dict, history: int, image_size: int) -> tup
     return frames, poses(tr.position, tr.yaw)[idx]
 
 
-def evaluate(planner, samples: list[dict], seeds: list[int], bar: tqdm, history=None) -> dict:
-    """Per-seed mean ATE/RPE (spacing units), the predictions of seed 0, and seconds per plan.
+def evaluate(planner, samples: list[tuple[int, dict]], seeds: list[int], bar: tqdm, history=None) -> list[tuple]:
+    """Per sample ``(i, sample)``: ``(i, {"err": (S, 2) ATE/RPE per seed, "pred": waypoints of the
+    first seed, "seconds": per plan, "observe_s"})``; seed s plans sample i with a generator seeded
+    from (s, i), whichever samples come before it.
 
     history: i -> (frames, poses) of sample i, given to a planner that has ``observe`` once
     before its plans of that sample (every seed's plan sees the same memory)."""
-    errs, first, seconds, observe_s = np.zeros((len(seeds), len(samples), 2)), [], [], []
-    for i, s in enumerate(samples):
+    out = []
+    for i, s in samples:
+        r = {"err": np.zeros((len(seeds), 2)), "seconds": []}
         if history is not None and hasattr(planner, "observe"):
             start = time.perf_counter()
             planner.observe(*history(i))
-            observe_s.append(time.perf_counter() - start)
+            r["observe_s"] = time.perf_counter() - start
         for j, seed in enumerate(seeds):
             gen = torch.Generator().manual_seed(seed * 100_003 + i)
             start = time.perf_counter()
-            wp = planner(s["context"], s["goal"], gen).waypoints.numpy()
-            seconds.append(time.perf_counter() - start)
-            errs[j, i] = ate(wp[:, :2], s["gt"][:, :2]), rpe(wp[:, :2], s["gt"][:, :2])
+            wp = planner(s["context"], s["goal"], gen).waypoints.cpu().numpy()
+            r["seconds"].append(time.perf_counter() - start)
+            r["err"][j] = ate(wp[:, :2], s["gt"][:, :2]), rpe(wp[:, :2], s["gt"][:, :2])
             if j == 0:
-                first.append(wp)
+                r["pred"] = wp
             bar.update()
+        out.append((i, r))
+    return out
+
+
+def summarise(records: list[dict]) -> dict:
+    """Per-seed mean ATE/RPE (spacing units) over :func:`evaluate`'s records of every sample, in order;
+    the predictions of the first seed; median seconds per plan (and per observe)."""
+    errs = np.stack([r["err"] for r in records], 1)  # (S, N, 2)
     per_seed = np.array([e.mean(0) for e in errs])  # (S, 2), each seed's mean over samples
-    out = {"ate": per_seed[:, 0], "rpe": per_seed[:, 1], "pred": first, "s_per_plan": float(np.median(seconds))}
-    if observe_s:
-        out["s_per_observe"] = float(np.median(observe_s))
+    seconds = [t for r in records for t in r["seconds"]]
+    out = {"ate": per_seed[:, 0], "rpe": per_seed[:, 1], "pred": [r["pred"] for r in records],
+           "s_per_plan": float(np.median(seconds))}  # fmt: skip
+    if any("observe_s" in r for r in records):
+        out["s_per_observe"] = float(np.median([r["observe_s"] for r in records]))
     return out
 
 
@@ -128,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")
     p.add_argument("--distance", default="auto", help="auto | lpips | dssim | latent_mse")
     p.add_argument("--lpips-weights")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: rank r on cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path, help="PNG of planned vs ground-truth waypoints for a few samples")
@@ -138,56 +158,71 @@ def build_parser() -> argparse.ArgumentParser:
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'method':<9} {'ATE':>13} {'RPE':>13} {'ATE (m)':>8} {'RPE (m)':>8} {'n':>4} {'s/plan':>7}"]
     for r in rows:
-        lines.append(f"{r['method']:<9} {r['ate']:>6.3f} ± {r['ate_std']:<4.3f} {r['rpe']:>6.3f} ± "
-                     f"{r['rpe_std']:<4.3f} {r['ate_m']:>8.3f} {r['rpe_m']:>8.3f} {r['n']:>4} {r['s_per_plan']:>7.2f}")
+        lines.append(
+            f"{r['method']:<9} {r['ate']:>6.3f} ± {r['ate_std']:<4.3f} {r['rpe']:>6.3f} ± "
+            f"{r['rpe_std']:<4.3f} {r['ate_m']:>8.3f} {r['rpe_m']:>8.3f} {r['n']:>4} {r['s_per_plan']:>7.2f}"
+        )
     return "\n".join(lines)
 
 
-def run(args) -> dict:
+def run(args, dist: Distributed | None = None) -> dict | None:
+    """The report of every method (rank 0; None on the other ranks).
+
+    dist: this process's place under torchrun (:func:`eval.distributed.init`); None: one process on ``args.device``.
+    """
     unknown = [m for m in args.methods if m not in METHOD_NAMES]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {' '.join(METHOD_NAMES)}")
     if args.history < 1:
         raise ValueError(f"--history must be >= 1 frame, got {args.history}")
+    device, is_main = (str(dist.device), dist.is_main) if dist is not None else (args.device, True)
     cfg = data_config(args.dataset or args.data)
+    sp = cfg.metric_waypoint_spacing
     samples_idx = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
-    cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k,
-                                        iterations=args.iterations)
+    if not samples_idx:
+        raise ValueError(f"no evaluation samples in the {args.split} split of {args.data}")
+    cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k, iterations=args.iterations)
     planners, skipped = {}, {}
     for m in args.methods:
         try:
-            planners[m] = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, args.distance, args.steps,
-                                      args.rollouts, args.lpips_weights, spacing=cfg.metric_waypoint_spacing)
+            planners[m] = load_method(METHOD_NAMES[m], args.ckpt, device, cem_cfg, args.distance, args.steps,
+                                      args.rollouts, args.lpips_weights, spacing=sp)  # fmt: skip
         except (MethodUnavailable, ValueError) as err:
             skipped[m] = str(err)
     size = next((p.world_model.ae.config.image_size for p in planners.values() if hasattr(p, "world_model")), 64)
-    samples = [load_sample(args.data, s, cfg.metric_waypoint_spacing, size) for s in samples_idx]
+    samples = [(i, load_sample(args.data, s, sp, size)) for i, s in distributed.shard(samples_idx, dist)]
     memory = [m for m, p in planners.items() if hasattr(p, "observe")]
 
     def history(i: int):
         return load_history(args.data, samples_idx[i], args.history, size)
 
     rows, preds = [], {}
-    with tqdm(total=len(planners) * len(samples) * len(args.seeds), desc="ate/rpe", unit="plan") as bar:
+    total = len(planners) * len(samples) * len(args.seeds)
+    with tqdm(total=total, desc="ate/rpe", unit="plan", disable=not is_main) as bar:
         for m, planner in planners.items():
-            r = evaluate(planner, samples, args.seeds, bar, history)
+            records = distributed.gather(evaluate(planner, samples, args.seeds, bar, history), dist)
+            if records is None:  # not rank 0
+                continue
+            r = summarise(records)
             preds[m] = r["pred"]
-            sp = cfg.metric_waypoint_spacing
             rows.append({"method": m, "ate": float(r["ate"].mean()), "ate_std": float(r["ate"].std()),
                          "rpe": float(r["rpe"].mean()), "rpe_std": float(r["rpe"].std()),
                          "ate_m": float(r["ate"].mean() * sp), "rpe_m": float(r["rpe"].mean() * sp),
-                         "n": len(samples), "s_per_plan": r["s_per_plan"]})
+                         "n": len(records), "s_per_plan": r["s_per_plan"]})  # fmt: skip
             if "s_per_observe" in r:
                 rows[-1]["s_per_observe"] = r["s_per_observe"]
+    gt = distributed.gather([(i, s["gt"]) for i, s in samples], dist)
+    if not is_main:
+        return None
+    distance = next((p.distance.name for p in planners.values() if hasattr(p, "distance")), None)
     protocol = {"split": args.split, "goal_offset": GOAL, "context": CONTEXT, "seeds": args.seeds,
-                "n_samples": len(samples), "cem": {"candidates": args.candidates, "top_k": args.top_k,
+                "n_samples": len(samples_idx), "cem": {"candidates": args.candidates, "top_k": args.top_k,
                 "iterations": args.iterations, "rollouts": args.rollouts}, "sampler_steps": args.steps,
-                "metric_waypoint_spacing": cfg.metric_waypoint_spacing, "ckpt": str(args.ckpt),
-                "distance": next((p.distance.name for p in planners.values() if hasattr(p, "distance")), None)}
+                "metric_waypoint_spacing": sp, "ckpt": str(args.ckpt), "distance": distance}  # fmt: skip
     if memory:
         protocol["history"] = args.history
     return {"rows": rows, "protocol": protocol, "data": str(args.data), "skipped": skipped,
-            "_samples": samples, "_samples_idx": samples_idx, "_preds": preds}
+            "_gt": gt, "_samples_idx": samples_idx, "_preds": preds}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,10 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        out = run(args)
+        dist = distributed.init(args.device)
+        out = run(args, dist)
     except (ValueError, DataFormatError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.close()
+    if out is None:  # not rank 0: rank 0 reports
+        return 0
     for m, why in out["skipped"].items():
         print(f"skipped {m}: {why}")
     print(format_table(out["rows"]))
@@ -208,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         from eval.figures import trajectories_figure
 
         shown = []
-        for k, (s, i) in enumerate(zip(out["_samples"][:4], out["_samples_idx"][:4], strict=True)):
+        for k, (gt, i) in enumerate(zip(out["_gt"][:4], out["_samples_idx"][:4], strict=True)):
             methods = {m: p[k] for m, p in out["_preds"].items()}
-            shown.append({"gt": s["gt"], "label": f"{i['traj']} t={i['t']}", "methods": methods})
+            shown.append({"gt": gt, "label": f"{i['traj']} t={i['t']}", "methods": methods})
         trajectories_figure(args.plot, shown, out["protocol"]["metric_waypoint_spacing"], "planned vs ground truth")
     return 0
 

@@ -10,7 +10,8 @@ evaluated at every context length L:
    timed (``prepare_s``, seconds per sequence; ``ltm`` in the report: seconds per stored frame);
 3. every method rolls the horizon out from the newest frames of the memory with the
    ground-truth one-step actions (:func:`nav_come.compose.rollout`), with the same noise for
-   every method (``seed`` and the sequence's position);
+   every method, seeded from ``seed`` and the sample's index (so the table does not depend on
+   how many ``torchrun`` ranks share the samples: :mod:`eval.distributed`);
 4. the predictions are decoded and scored against the true frames (PSNR, SSIM; LPIPS only
    with user weights, else null), averaged over the horizon; a row gives the mean and the
    standard error (std / sqrt(n), null for n = 1) over sequences.
@@ -25,7 +26,8 @@ checkpoint is missing is skipped, with the reason.
 Cost: ``s_per_frame`` is the wall time of a method's rollout and decoding divided by the
 horizon (the LTM's memorisation is apart, in ``prepare_s``); ``peak_mb`` the largest, over
 sequences, peak memory of that work above its start, as ``PeakMemory`` measures it (the
-report's ``peak_memory`` says how).
+report's ``peak_memory`` says how). Under ``torchrun`` each rank times the sequences it scores,
+on its own device, and the rows take the mean and max over every sequence of every rank.
 """
 
 from __future__ import annotations
@@ -216,11 +218,69 @@ def _summary(values: list[float]) -> tuple[float, float | None]:
     return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
 
 
-def _rows(acc: dict, contexts: list[int], names: list[str]) -> list[dict]:
+def _score_memory(world_model, denoisers: dict, memory: EpisodeMemory, seq: dict, seed: int, steps: int, score: Score,
+                  with_lpips: bool, prepare_s: float) -> tuple[dict, dict]:  # fmt: skip
+    """Every row's prediction from one memory: its scores {row: {metric: value}} and frames {row: (K, 3, H, W)}."""
+    scores, preds, K = {}, {}, len(seq["truth"])
+    for name, method in denoisers.items():
+        out = _predict(world_model, method, memory, seq["actions"], steps, seed)
+        s = {k: float(v.mean()) for k, v in score(out["frames"], seq["truth"], with_lpips).items()}  # over the horizon
+        uses_ltm = isinstance(method, ComposedDenoiser) and "ltm" in method.experts
+        s |= {"s_per_frame": out["seconds"] / K, "peak_mb": out["peak_mb"], "frames": len(memory),
+              "prepare_s": prepare_s if uses_ltm else 0.0}  # fmt: skip
+        scores[name], preds[name] = s, out["frames"]
+    return scores, preds
+
+
+def evaluate(world_model, denoisers: dict, ltm, sequences, contexts: list[int], spacing: float, seed: int, steps: int,
+             score: Score, with_lpips: bool = False, bar=None) -> list[tuple[int, dict]]:  # fmt: skip
+    """Score every row at every context length; see the module docstring.
+
+    denoisers: {row name: denoiser} (:func:`denoisers`); ltm: the LTM expert that memorises each memory
+    (None: no row uses it); sequences: an iterable of ``(i, load_sequence dict)``, i the sample's index
+    in the full list (its noise is seeded from (seed, i), whichever sequences come before it). Returns
+    per sequence ``(i, {L: {"scores": {row: {metric: value}}, "memorised": (seconds, frames) or None,
+    "shown": figure entry or None}})``, for :func:`summarise`.
+    """
+    out = []
+    for n, (i, seq) in enumerate(sequences):
+        record = {}
+        for L in contexts:
+            T = min(L, len(seq["latents"]))
+            memory = EpisodeMemory(seq["latents"][-T:], seq["poses"][-T:], spacing)
+            report = ltm.memorize(memory) if ltm is not None else None
+            prepare_s = report.seconds if report is not None else 0.0
+            if n == 0 and L == contexts[0]:  # warm-up on this rank's first sequence, untimed: one-off allocations
+                warm = EpisodeMemory(memory.latents, memory.poses, spacing)  # apart: the SSM caches per memory
+                for method in denoisers.values():
+                    _predict(world_model, method, warm, seq["actions"][:1], steps, 0)
+            scores, preds = _score_memory(world_model, denoisers, memory, seq, seed * 1_000_003 + i, steps, score,
+                                          with_lpips, prepare_s)  # fmt: skip
+            shown = None
+            if i < FIGURE_SEQS and L == contexts[-1]:
+                strip = np.linspace(len(seq["frames"]) - T, len(seq["frames"]) - 1, len(seq["truth"])).round()
+                shown = {"label": seq["label"], "context": T, "strip": seq["frames"][strip.astype(int)],
+                         "truth": seq["truth"], "preds": preds}  # fmt: skip
+            memorised = (report.seconds, report.frames) if report is not None and report.frames else None
+            record[L] = {"scores": scores, "memorised": memorised, "shown": shown}
+            if bar is not None:
+                bar.update()
+        out.append((i, record))
+    return out
+
+
+def summarise(records: list[dict], contexts: list[int], names: list[str], device: torch.device) -> dict:
+    """The table from :func:`evaluate`'s records of every sequence, in order: {"rows", "ltm":
+    [{context, s_per_stored_frame, frames}], "peak_memory", "shown"}. Means and standard errors are
+    over all sequences, whichever rank scored them; so are the timings, each measured by its rank."""
+    keys = ("psnr", "ssim", "lpips", "s_per_frame", "peak_mb", "frames", "prepare_s")
     rows = []
     for L in contexts:
         for name in names:
-            a = acc[L][name]
+            a = {k: [] for k in keys}
+            for record in records:
+                for k, v in record[L]["scores"][name].items():
+                    a[k].append(v)
             psnr, psnr_se = _summary(a["psnr"])
             ssim, ssim_se = _summary(a["ssim"])
             rows.append({"method": name, "psnr": psnr, "psnr_se": psnr_se, "ssim": ssim, "ssim_se": ssim_se,
@@ -228,63 +288,14 @@ def _rows(acc: dict, contexts: list[int], names: list[str]) -> list[dict]:
                          "s_per_frame": float(np.mean(a["s_per_frame"])), "peak_mb": float(max(a["peak_mb"])),
                          "n": len(a["psnr"]), "context": L, "context_frames": float(np.mean(a["frames"])),
                          "prepare_s": float(np.mean(a["prepare_s"]))})  # fmt: skip
-    return rows
-
-
-def _score_memory(world_model, denoisers: dict, memory: EpisodeMemory, seq: dict, seed: int, steps: int, score: Score,
-                  with_lpips: bool, prepare_s: float, acc: dict) -> dict:  # fmt: skip
-    """Every row's prediction from one memory, scored into ``acc[name]``; returns the predictions."""
-    preds, K = {}, len(seq["truth"])
-    for name, method in denoisers.items():
-        out = _predict(world_model, method, memory, seq["actions"], steps, seed)
-        a = acc[name]
-        for k, v in score(out["frames"], seq["truth"], with_lpips).items():
-            a[k].append(float(v.mean()))  # mean over the horizon
-        uses_ltm = isinstance(method, ComposedDenoiser) and "ltm" in method.experts
-        a["s_per_frame"].append(out["seconds"] / K)
-        a["peak_mb"].append(out["peak_mb"])
-        a["frames"].append(len(memory))
-        a["prepare_s"].append(prepare_s if uses_ltm else 0.0)
-        preds[name] = out["frames"]
-    return preds
-
-
-def evaluate(world_model, denoisers: dict, ltm, sequences, contexts: list[int], spacing: float, seed: int, steps: int,
-             score: Score, with_lpips: bool = False, bar=None) -> dict:  # fmt: skip
-    """Score every row at every context length; see the module docstring.
-
-    denoisers: {row name: denoiser} (:func:`denoisers`); ltm: the LTM expert that memorises each memory
-    (None: no row uses it); sequences: an iterable of :func:`load_sequence` dicts. Returns
-    {"rows", "ltm": [{context, s_per_stored_frame, frames}], "peak_memory", "shown"}.
-    """
-    keys = ("psnr", "ssim", "lpips", "s_per_frame", "peak_mb", "frames", "prepare_s")
-    acc = {L: {n: {k: [] for k in keys} for n in denoisers} for L in contexts}
-    memorised = {L: [] for L in contexts}  # (seconds, frames) per sequence
-    shown = []
-    for i, seq in enumerate(sequences):
-        for L in contexts:
-            T = min(L, len(seq["latents"]))
-            memory = EpisodeMemory(seq["latents"][-T:], seq["poses"][-T:], spacing)
-            report = ltm.memorize(memory) if ltm is not None else None
-            if report is not None and report.frames:
-                memorised[L].append((report.seconds, report.frames))
-            prepare_s = report.seconds if report is not None else 0.0
-            if i == 0 and L == contexts[0]:  # warm-up, untimed: one-off allocations and kernel choices
-                warm = EpisodeMemory(memory.latents, memory.poses, spacing)  # apart: the SSM caches per memory
-                for method in denoisers.values():
-                    _predict(world_model, method, warm, seq["actions"][:1], steps, 0)
-            preds = _score_memory(world_model, denoisers, memory, seq, seed * 1_000_003 + i, steps, score, with_lpips,
-                                  prepare_s, acc[L])  # fmt: skip
-            if i < FIGURE_SEQS and L == contexts[-1]:
-                strip = np.linspace(len(seq["frames"]) - T, len(seq["frames"]) - 1, len(seq["truth"])).round()
-                shown.append({"label": seq["label"], "context": T, "strip": seq["frames"][strip.astype(int)],
-                              "truth": seq["truth"], "preds": preds})  # fmt: skip
-            if bar is not None:
-                bar.update()
-    ltm_rows = [{"context": L, "s_per_stored_frame": sum(s for s, _ in m) / sum(f for _, f in m),
-                 "frames": float(np.mean([f for _, f in m]))} for L, m in memorised.items() if m]  # fmt: skip
-    how = PeakMemory.HOW[PeakMemory.kind(world_model.device)]
-    return {"rows": _rows(acc, contexts, list(denoisers)), "ltm": ltm_rows, "peak_memory": how, "shown": shown}
+    ltm_rows = []
+    for L in contexts:
+        m = [r[L]["memorised"] for r in records if r[L]["memorised"] is not None]  # (seconds, frames) per sequence
+        if m:
+            ltm_rows.append({"context": L, "s_per_stored_frame": sum(s for s, _ in m) / sum(f for _, f in m),
+                             "frames": float(np.mean([f for _, f in m]))})  # fmt: skip
+    shown = [r[L]["shown"] for r in records for L in contexts if r[L]["shown"] is not None]
+    return {"rows": rows, "ltm": ltm_rows, "peak_memory": PeakMemory.HOW[PeakMemory.kind(device)], "shown": shown}
 
 
 def build(world_model, ckpt: Path, alphas: dict, normalise: bool, device) -> tuple[dict, dict, object]:

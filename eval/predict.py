@@ -1,6 +1,7 @@
 """Prediction quality of the world model on the test split (unseen worlds).
 
     python eval/predict.py --data DIR [--ckpt PATH] [--json out.json] [--grid out.png]
+    torchrun --nproc_per_node N eval/predict.py --data DIR [--device cuda] [--memory] ...
 
 For ``--n-samples`` random windows (context frames t-C+1..t, future frames t+1..t+8) it
 reports PSNR and SSIM (and LPIPS when user weights are available, else null) at horizons
@@ -16,9 +17,18 @@ Per-image PSNR is capped at 100 dB so that identical images (a robot standing st
 keep the mean finite. ``--json`` writes the contract other tools read::
 
     {"rows": [{"method", "horizon", "psnr", "ssim", "lpips", "n"}, ...],
-     "data": str, "split": "test", "seed": int}
+     "data": str, "split": "test" | "val", "seed": int}
+
+``--split val`` evaluates the validation worlds instead: settings (alpha, sampler steps) are
+chosen there, never on the test split.
 
 Without ``--ckpt`` the shipped checkpoint (``checkpoints/maze``) is used.
+
+The windows go in batches of ``--batch-size``; batch b draws its noise from a generator seeded
+from (``--seed``, b). Under ``torchrun`` (:mod:`eval.distributed`; gloo on CPU, nccl with
+``--device cuda``) each rank scores every N-th batch (``--memory``: every N-th sequence, whose
+noise is seeded from its index) and rank 0, which alone prints and writes, reports what one
+process reports.
 
 ``--memory`` runs the memory ablation instead (:mod:`eval.memory_table`)::
 
@@ -51,11 +61,12 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from eval import memory_table  # noqa: E402
+from eval import distributed, memory_table  # noqa: E402
 from eval.metrics import lpips, lpips_available, psnr, ssim  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import DataFormatError, TrajectoryDataset, data_config  # noqa: E402
 from nav_come.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from nav_come.train_loop import Distributed  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
 
 HORIZONS = (1, 2, 4, 8)
@@ -93,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="picks the windows and the sampler noise")
     p.add_argument("--steps", type=int, help="sampler steps (default: the world model's)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test (reported) or val (choosing settings such as alpha and steps)")  # fmt: skip
     p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/test")
     p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: rank r on cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
     m = p.add_argument_group("memory ablation", "with --memory (also --data, --ckpt, --json, --seed, --steps)")
@@ -118,6 +131,51 @@ def _scores(pred: torch.Tensor, target: torch.Tensor, with_lpips: bool) -> dict[
     return out
 
 
+def score_batches(
+    model: WorldModel,
+    data: TrajectoryDataset,
+    batches: list[tuple[int, np.ndarray]],
+    seed: int,
+    steps: int | None = None,
+    methods: dict[str, Method] = METHODS,
+) -> list[tuple[int, dict]]:
+    """Per batch ``(b, window indices)``: ``(b, {"scores": {(method, horizon): {metric: (B,)}}, "shown"})``,
+    with the frames of the first GRID_ROWS windows under "shown" for batch 0 (else None).
+
+    Batch b draws its noise from a generator seeded from (seed, b), so a batch scores the same
+    whichever batches come before it (or which rank scores it)."""
+    with_lpips = lpips_available()
+    out = []
+    for b, indices in batches:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        items = [data[int(i)] for i in indices]
+        batch = {
+            k: torch.stack([it[k] for it in items]).to(model.device) for k in ("context", "future", "step_actions")
+        }
+        preds = {"ground_truth": batch["future"]}
+        preds |= {name: fn(model, batch, generator, steps).float() for name, fn in methods.items()}
+        scores = {(name, h): _scores(preds[name][:, h - 1].cpu(), batch["future"][:, h - 1].cpu(), with_lpips)
+                  for name in methods for h in HORIZONS}  # fmt: skip
+        shown = None
+        if b == 0:
+            shown = {k: v[:GRID_ROWS].cpu() for k, v in preds.items()} | {"context": batch["context"][:GRID_ROWS].cpu()}
+        out.append((b, {"scores": scores, "shown": shown}))
+    return out
+
+
+def summarise(records: list[dict]) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Metric rows per (method, horizon), means over :func:`score_batches`'s records of every batch
+    in order, and the grid's frames."""
+    rows = []
+    for name, h in records[0]["scores"]:
+        per_image = {m: torch.cat([r["scores"][name, h][m] for r in records]) for m in records[0]["scores"][name, h]}
+        rows.append({"method": name, "horizon": h, "psnr": float(per_image["psnr"].mean()),
+                     "ssim": float(per_image["ssim"].mean()),
+                     "lpips": float(per_image["lpips"].mean()) if "lpips" in per_image else None,
+                     "n": len(per_image["psnr"])})  # fmt: skip
+    return rows, records[0]["shown"]
+
+
 def evaluate(
     model: WorldModel,
     data: TrajectoryDataset,
@@ -126,34 +184,17 @@ def evaluate(
     steps: int | None = None,
     batch_size: int = 32,
     methods: dict[str, Method] = METHODS,
-) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Metric rows per (method, horizon), and the first GRID_ROWS samples' frames for the grid."""
-    generator = torch.Generator().manual_seed(seed)
-    with_lpips = lpips_available()
-    scores: dict[tuple[str, int], dict[str, list]] = {}
-    shown: dict[str, torch.Tensor] = {}
-    for start in range(0, len(indices), batch_size):
-        items = [data[int(i)] for i in indices[start : start + batch_size]]
-        batch = {
-            k: torch.stack([it[k] for it in items]).to(model.device) for k in ("context", "future", "step_actions")
-        }
-        preds = {"ground_truth": batch["future"]}
-        preds |= {name: fn(model, batch, generator, steps).float() for name, fn in methods.items()}
-        for name in methods:
-            for h in HORIZONS:
-                s = _scores(preds[name][:, h - 1].cpu(), batch["future"][:, h - 1].cpu(), with_lpips)
-                acc = scores.setdefault((name, h), {})
-                for metric, values in s.items():
-                    acc.setdefault(metric, []).append(values)
-        if not shown:
-            shown = {k: v[:GRID_ROWS].cpu() for k, v in preds.items()} | {"context": batch["context"][:GRID_ROWS].cpu()}
-    rows = []
-    for (name, h), acc in scores.items():
-        mean = {m: float(torch.cat(v).mean()) for m, v in acc.items()}
-        n = int(sum(len(v) for v in acc["psnr"]))
-        rows.append({"method": name, "horizon": h, "psnr": mean["psnr"], "ssim": mean["ssim"],
-                     "lpips": mean.get("lpips"), "n": n})  # fmt: skip
-    return rows, shown
+    dist: Distributed | None = None,
+) -> tuple[list[dict], dict[str, torch.Tensor]] | None:
+    """Metric rows per (method, horizon), and the first GRID_ROWS samples' frames for the grid.
+
+    The windows go in batches of ``batch_size`` in the order of ``indices``. dist: under
+    torchrun each rank scores every world-th batch and rank 0 gets what one process gets
+    (the other ranks get None); None: one process."""
+    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    mine = distributed.shard(batches, dist)
+    records = distributed.gather(score_batches(model, data, mine, seed, steps, methods), dist)
+    return summarise(records) if records is not None else None
 
 
 def format_table(rows: list[dict]) -> str:
@@ -219,41 +260,45 @@ def _fail(message: str) -> int:
     return 2
 
 
-def run_memory(args: argparse.Namespace) -> int:
-    """The memory ablation (``--memory``); see :mod:`eval.memory_table`."""
+def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
+    """The memory ablation (``--memory``; rank 0 reports); see :mod:`eval.memory_table`."""
     from tqdm import tqdm
 
     data = args.data or MEMORY_DATA
     try:
         if (args.n_seq is not None and args.n_seq < 1) or (args.steps is not None and args.steps < 1):
             raise ValueError(f"--n-seq and --steps must be >= 1, got {args.n_seq} and {args.steps}")
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         if not data.is_dir():
             raise ValueError(f"data folder {data} does not exist; pass --data DIR")
         alphas = memory_table.parse_alphas(args.alpha)
-        model = WorldModel.from_pretrained(args.ckpt, device=args.device, bf16=args.bf16)
+        model = WorldModel.from_pretrained(args.ckpt, device=dist.device, bf16=args.bf16)
         if min(args.context) < model.context:
             raise ValueError(f"--context values must be >= {model.context} (the model's context), got {args.context}")
-        samples = memory_table.load_samples(data, args.split_dir, args.dataset, args.n_seq)
+        samples = memory_table.load_samples(data, args.split_dir, args.dataset, args.n_seq, args.split)
         spacing = data_config(args.dataset or data).metric_waypoint_spacing
-        denoisers, skipped, ltm = memory_table.build(model, args.ckpt, alphas, args.normalise, args.device)
+        denoisers, skipped, ltm = memory_table.build(model, args.ckpt, alphas, args.normalise, dist.device)
     except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
         return _fail(str(e))
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
+    if dist.is_main:
+        for name, why in skipped.items():
+            print(f"skipped {name}: {why}")
     contexts, steps = sorted(set(args.context)), args.steps or model.sampler_steps
     longest = max(contexts)
-    sequences = (memory_table.load_sequence(model, data, s, spacing, longest) for s in samples)
+    mine = distributed.shard(samples, dist)  # (index, sample): sequence i's noise is seeded from (seed, i)
+    sequences = ((i, memory_table.load_sequence(model, data, s, spacing, longest)) for i, s in mine)
     try:
-        with tqdm(total=len(samples) * len(contexts), desc="memory table", unit="seq") as bar:
-            out = memory_table.evaluate(model, denoisers, ltm, sequences, contexts, spacing, args.seed, steps, _scores,
-                                        lpips_available(), bar)  # fmt: skip
+        with tqdm(total=len(mine) * len(contexts), desc="memory table", unit="seq", disable=not dist.is_main) as bar:
+            scored = memory_table.evaluate(model, denoisers, ltm, sequences, contexts, spacing, args.seed, steps,
+                                           _scores, lpips_available(), bar)  # fmt: skip
     except DataFormatError as e:
         return _fail(str(e))
+    records = distributed.gather(scored, dist)
+    if records is None:  # not rank 0
+        return 0
+    out = memory_table.summarise(records, contexts, list(denoisers), model.device)
     print(memory_table.format_table(out["rows"]))
     if args.json:
-        report = {"rows": out["rows"], "skipped": skipped, "data": str(data), "split": "test", "seed": args.seed,
+        report = {"rows": out["rows"], "skipped": skipped, "data": str(data), "split": args.split, "seed": args.seed,
                   "n_seq": len(samples), "sampler_steps": steps, "alphas": {**memory_table.DEFAULT_ALPHAS, **alphas},
                   "normalise": args.normalise, "ltm": out["ltm"], "peak_memory": out["peak_memory"]}  # fmt: skip
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
@@ -262,39 +307,48 @@ def run_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_windows(args: argparse.Namespace, dist: Distributed) -> int:
+    """The default mode: prediction quality over ``--n-samples`` windows (rank 0 reports)."""
+    if args.n_samples < 1 or args.batch_size < 1:
+        return _fail("--n-samples and --batch-size must be >= 1")
+    try:
+        model = WorldModel.from_pretrained(args.ckpt, device=dist.device, bf16=args.bf16)
+        data = TrajectoryDataset(
+            args.data, args.split, split_dir=args.split_dir, dataset=args.dataset, context_size=model.context,
+            pred_len=max(HORIZONS), goal_offset=None, image_size=model.ae.config.image_size, cache=False,
+        )  # fmt: skip
+    except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
+        return _fail(str(e))
+    rng = np.random.default_rng(args.seed)
+    indices = np.sort(rng.choice(len(data), min(args.n_samples, len(data)), replace=False))
+    out = evaluate(model, data, indices, args.seed, args.steps, args.batch_size, dist=dist)
+    if out is None:  # not rank 0
+        return 0
+    rows, shown = out
+    print(format_table(rows))
+    if args.json:
+        report = {"rows": rows, "data": str(args.data), "split": args.split, "seed": args.seed}
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if args.grid:
+        save_grid(args.grid, shown)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.memory:
-        return run_memory(args)
-    if args.data is None:
+    if not args.memory and args.data is None:
         parser.error("the following arguments are required: --data")
-    if args.n_samples < 1 or args.batch_size < 1:
-        print("predict: error: --n-samples and --batch-size must be >= 1", file=sys.stderr)
-        return 2
     try:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        model = WorldModel.from_pretrained(args.ckpt, device=args.device, bf16=args.bf16)
-        data = TrajectoryDataset(
-            args.data, "test", split_dir=args.split_dir, dataset=args.dataset, context_size=model.context,
-            pred_len=max(HORIZONS), goal_offset=None, image_size=model.ae.config.image_size, cache=False,
-        )  # fmt: skip
-    except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
-        print(f"predict: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    rng = np.random.default_rng(args.seed)
-    indices = np.sort(rng.choice(len(data), min(args.n_samples, len(data)), replace=False))
-    rows, shown = evaluate(model, data, indices, args.seed, args.steps, args.batch_size)
-    print(format_table(rows))
-    if args.json:
-        report = {"rows": rows, "data": str(args.data), "split": "test", "seed": args.seed}
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
-    if args.grid:
-        save_grid(args.grid, shown)
-    return 0
+        dist = distributed.init(args.device)
+    except ValueError as e:  # --device
+        return _fail(str(e))
+    try:
+        return run_memory(args, dist) if args.memory else run_windows(args, dist)
+    finally:
+        distributed.close()
 
 
 if __name__ == "__main__":
