@@ -164,10 +164,15 @@ def load_samples(data: Path, split_dir, dataset, n: int | None, split: str = "te
     return [samples[i] for i in keep]
 
 
-def denoisers(world_model, experts: dict, alphas: dict, normalise: bool, missing: dict) -> tuple[dict, dict]:
-    """{row: denoiser} for the rows whose experts are all there, and {row: reason} for the others."""
+def denoisers(
+    world_model, experts: dict, alphas: dict, normalise: bool, missing: dict, rows=None
+) -> tuple[dict, dict]:
+    """{row: denoiser} for the rows (default: all, ``ROWS`` and copy_nearest) whose experts are all
+    there, and {row: reason} for the others."""
     out, skipped = {}, {}
     for row, (names, contrastive) in ROWS.items():
+        if rows is not None and row not in rows:
+            continue
         lacking = [n for n in names if n not in experts]
         if lacking:
             skipped[row] = missing.get(lacking[0], f"needs the {lacking[0]} expert")
@@ -176,7 +181,8 @@ def denoisers(world_model, experts: dict, alphas: dict, normalise: bool, missing
         weights = {n: 1.0 if alone else alphas.get(n, 1.0) for n in names}
         out[row] = ComposedDenoiser({n: experts[n] for n in names}, weights, contrastive, normalise and not alone,
                                     schedule=world_model.schedule, bf16=world_model.bf16)  # fmt: skip
-    out[COPY_NEAREST] = CopyNearest(world_model.context, world_model.schedule)
+    if rows is None or COPY_NEAREST in rows:
+        out[COPY_NEAREST] = CopyNearest(world_model.context, world_model.schedule)
     return out, skipped
 
 
@@ -298,11 +304,15 @@ def summarise(records: list[dict], contexts: list[int], names: list[str], device
     return {"rows": rows, "ltm": ltm_rows, "peak_memory": PeakMemory.HOW[PeakMemory.kind(device)], "shown": shown}
 
 
-def build(world_model, ckpt: Path, alphas: dict, normalise: bool, device) -> tuple[dict, dict, object]:
-    """{row name: denoiser}, the skipped rows {name: reason} and the LTM expert (None if no row uses it)."""
+def build(world_model, ckpt: Path, alphas: dict, normalise: bool, device, rows=None) -> tuple[dict, dict, object]:
+    """{row name: denoiser}, the skipped rows {name: reason} and the LTM expert (None if no row uses it).
+    ``rows``: the row names to build (default all); an unknown name raises ValueError."""
+    unknown = sorted(set(rows or ()) - {*ROWS, COPY_NEAREST})
+    if unknown:
+        raise ValueError(f"unknown --rows {unknown}; choose from {[*ROWS, COPY_NEAREST]}")
     missing: dict[str, str] = {}
-    experts = memory_experts(ckpt, EXPERTS, world_model, device, missing)
-    rows, skipped = denoisers(world_model, experts, {**DEFAULT_ALPHAS, **alphas}, normalise, missing)
+    experts = memory_experts(ckpt, EXPERTS, world_model, device, missing)  # all: the LTM's settings depend on the STM
+    rows, skipped = denoisers(world_model, experts, {**DEFAULT_ALPHAS, **alphas}, normalise, missing, rows)
     uses_ltm = any(isinstance(m, ComposedDenoiser) and "ltm" in m.experts for m in rows.values())
     return rows, skipped, experts["ltm"] if uses_ltm else None
 

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context lengths: the last L frames up to t")  # fmt: skip
     m.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
                    help="contrastive weights of the composed rows (default base=1 stm=2 ltm=2 sltm=2)")  # fmt: skip
+    m.add_argument("--rows", nargs="+", metavar="ROW",
+                   help="only these rows, e.g. Base +SLTM CoME 'CoME (no contrast)' (default all)")  # fmt: skip
     m.add_argument("--normalise", action="store_true", help="composed rows: coefficients scaled to sum to 1")
     m.add_argument("--figure", type=Path, help="PNG: context strip, ground truth and each method, a few sequences")
     return p
@@ -276,7 +278,7 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
             raise ValueError(f"--context values must be >= {model.context} (the model's context), got {args.context}")
         samples = memory_table.load_samples(data, args.split_dir, args.dataset, args.n_seq, args.split)
         spacing = data_config(args.dataset or data).metric_waypoint_spacing
-        denoisers, skipped, ltm = memory_table.build(model, args.ckpt, alphas, args.normalise, dist.device)
+        denoisers, skipped, ltm = memory_table.build(model, args.ckpt, alphas, args.normalise, dist.device, args.rows)
     except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
         return _fail(str(e))
     if dist.is_main:

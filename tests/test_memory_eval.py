@@ -114,9 +114,19 @@ def test_same_seed_same_numbers(setup):
     assert a["CoME", 40] != c["CoME", 40] and a[COPY_NEAREST, 40] == c[COPY_NEAREST, 40]  # only samplers draw
 
 
+def test_rows_selects_rows_with_the_same_numbers(setup, report):
+    out = setup / "rows.json"
+    assert run(setup, "--json", str(out), "--seed", "3", "--rows", "+LTM", "CoME") == 0
+    got = {(r["method"], r["context"]): r["psnr"] for r in json.loads(out.read_text())["rows"]}
+    full = {(r["method"], r["context"]): r["psnr"] for r in report["rows"]}
+    assert set(got) == {(m, L) for m in ("+LTM", "CoME") for L in (12, 40)}
+    assert all(got[k] == full[k] for k in got)
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
+        (["--rows", "Bogus"], "unknown --rows"),
         (["--n-seq", "0"], "--n-seq"),
         (["--context", "2"], "--context"),
         (["--alpha", "stm"], "EXPERT=VALUE"),
