@@ -2,16 +2,35 @@
 
     python -m eval.bench render [--json PATH]     # simulator frames per second, single process
     python -m eval.bench model [--ckpt DIR]       # world-model training step and sampling speed
+    python -m eval.bench plan [--json PATH] [--quick] [--ckpt DIR] [--methods NWM CoME ...]
+                              [--steps 1 2 4 8 16] [--plans N] [--threads N] [--device cpu|cuda]
+
+``plan`` times one CEM plan of each CEM method (NWM, CoME, NWM+STM, NWM+LTM) under the NWM
+preset (120 candidates × 3 rollouts × 8 steps) for each sampler step count: the median wall
+time of ``--plans`` plans after a warm-up, its split (encode, denoise, decode, cost, and the
+CEM's own bookkeeping), the denoiser forward passes of a plan with their batch sizes, with
+branch batching (``forwards_per_plan``) and without it (``forwards_unbatched``: one forward per
+branch), and each method's time as a ratio to NWM's in the same run. The memory methods first
+observe the episode that ``examples/`` was cut from (see :func:`example_episode`); that time,
+the LTM's memorisation included, is per episode and reported apart (``s_observe``). ``--quick``:
+the default step count only, one plan per row. ``--unbatched`` also times each composed method
+with one forward per branch, without dedup (``s_per_plan_unbatched``, the "before") and with it
+(``s_per_plan_dedup_only``, ``forwards_dedup_only``). ``--json`` writes ``{"machine", "default_steps",
+"rows": [{"method", "sampler", "sampler_steps", "s_per_plan", "forwards_per_plan", "batch",
+"split_s": {"encode", "denoise", "decode", "cost", "cem"}, ...}], "skipped": {name: reason}, ...}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -104,19 +123,278 @@ def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int
     return rows
 
 
+# ---------------------------------------------------------------------- planning
+
+PLAN_STEPS = (1, 2, 4, 8, 16)  # sampler steps per prediction, one row each
+PLAN_METHODS = {"NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm", "NWM+LTM": "nwm+ltm"}  # as in eval/ate_rpe.py
+DISTILLED_STEPS = (1, 2)
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _frames(x: np.ndarray):
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x)).float().div(255).movedim(-1, -3)
+
+
+def example_episode(image_size: int, context: int = 4) -> dict:
+    """The episode ``examples/`` was cut from, driven again in the simulator (deterministic): maze
+    world 1,000,000, patrol driver with rng 0. history: frames 0..t (t = 60) and their world poses;
+    context (1, C, 3, H, W): frames t-C+1..t (examples/context_*.png); goal (3, H, W): frame t+8
+    (examples/goal.png). Without a working simulator: the example images and no history."""
+    from envs.example_data import EXAMPLE_T, EXAMPLE_WORLD
+
+    t = EXAMPLE_T
+    try:
+        from envs.driver import Driver
+        from envs.occupancy import OccupancyMap
+        from envs.sim import Simulator
+
+        sim = Simulator(EXAMPLE_WORLD, image_size)
+        try:  # the drive of envs.example_data.make_example_images
+            frames, poses, _ = Driver(sim, OccupancyMap(sim.world), np.random.default_rng(0), "patrol").run(t + 9)
+        finally:
+            sim.close()
+    except Exception as err:  # noqa: BLE001 (no MuJoCo or GL backend: any failure means "no simulator")
+        import cv2
+
+        from nav_come.data.recon import square_resize
+
+        names = [f"context_{k}.png" for k in range(4)] + ["goal.png"]
+        imgs = np.stack([square_resize(cv2.cvtColor(cv2.imread(str(EXAMPLES / n)), cv2.COLOR_BGR2RGB), image_size)
+                         for n in names])  # fmt: skip
+        return {"context": _frames(imgs[None, -1 - context : -1]), "goal": _frames(imgs[-1]), "history": None,
+                "source": f"examples/ images, no history (simulator unavailable: {type(err).__name__}: {err})"}
+    x = _frames(frames)  # (t+9, 3, H, W)
+    return {"context": x[None, t - context + 1 : t + 1], "goal": x[t + 8], "history": (x[: t + 1], poses[: t + 1]),
+            "source": f"examples/ episode re-driven in the simulator ({EXAMPLE_WORLD[0]} world {EXAMPLE_WORLD[1]}, "
+                      f"patrol, rng 0): history frames 0..{t} with poses, context {t - context + 1}..{t}, "
+                      f"goal {t + 8}"}  # fmt: skip
+
+
+def distilled_planner(method: str, ckpt, **load_kwargs):
+    """Hook for a distilled few-step sampler: the planner of ``method`` whose world model samples
+    with a distilled student, or None while no distilled checkpoint exists (none is trained yet).
+    When it returns a planner, :func:`bench_plan` adds "distilled" rows at DISTILLED_STEPS."""
+    return None
+
+
+def plan_networks(planner) -> dict:
+    """{name: network} of every denoiser network a planner runs; experts on one network share it ("base+ltm")."""
+    experts = getattr(planner, "denoiser", None)
+    pairs = [(n, e.network) for n, e in experts.experts.items()] if experts else [("base", planner.world_model.dit)]
+    by_id: dict[int, tuple[list, object]] = {}
+    for name, net in pairs:
+        by_id.setdefault(id(net), ([], net))[0].append(name)
+    return {"+".join(names): net for names, net in by_id.values()}
+
+
+@contextlib.contextmanager
+def count_forwards(networks: dict) -> Iterator[list]:
+    """Record (network name, batch) of every forward pass of ``networks`` inside the block."""
+    seen: list[tuple[str, int]] = []
+    hooks = [net.register_forward_pre_hook(lambda _m, args, name=name: seen.append((name, args[0].shape[0])))
+             for name, net in networks.items()]  # fmt: skip
+    try:
+        yield seen
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def time_plan(planner, episode: dict, seed: int) -> tuple[float, dict]:
+    """Wall time of one plan and its split: the timer's sections, and the CEM's bookkeeping as the rest."""
+    import torch
+
+    timer = planner.timer
+    timer.reset()
+    timer.sync()
+    start = time.perf_counter()
+    planner(episode["context"], episode["goal"], torch.Generator().manual_seed(seed))
+    timer.sync()
+    total = time.perf_counter() - start
+    split = dict(timer.seconds)
+    return total, {**split, "cem": max(total - sum(split.values()), 0.0)}
+
+
+def bench_row(planner, episode: dict, steps: int, plans: int, unbatched: bool = False) -> dict:
+    """Median time, split, forwards and batches of ``plans`` plans at ``steps`` sampler steps."""
+    planner.world_model.sampler_steps = steps
+    composed, networks = getattr(planner, "denoiser", None), plan_networks(planner)
+    times, splits = [], []
+    for i in range(plans):
+        branches = composed.stats.branches if composed else 0
+        with count_forwards(networks) as seen:
+            total, split = time_plan(planner, episode, i)
+        times.append(total)
+        splits.append(split)
+    batches: dict[str, int] = {}
+    for name, b in seen:
+        batches[name] = max(batches.get(name, 0), b)
+    median = int(np.argsort(times)[len(times) // 2])  # the split shown is the median plan's
+    row = {"s_per_plan": float(np.median(times)), "forwards_per_plan": len(seen), "batch": max(batches.values()),
+           "split_s": {k: round(v, 4) for k, v in splits[median].items()},
+           "forwards_unbatched": composed.stats.branches - branches if composed else len(seen),
+           "batches": batches, "samples_per_plan": sum(b for _, b in seen), "plans": plans}  # fmt: skip
+    if unbatched and composed:
+        for key, dedup in (("unbatched", False), ("dedup_only", True)):  # one forward per branch, dedup or not
+            composed.batched, composed.dedup = False, dedup
+            with count_forwards(networks) as seen:
+                row[f"s_per_plan_{key}"] = time_plan(planner, episode, 0)[0]
+            row[f"forwards_{key}"] = len(seen)
+        composed.batched = composed.dedup = True
+    return row
+
+
+def _observe(planner, episode: dict) -> dict:
+    """Give a memory planner the episode; its time (LTM memorisation included) is per episode."""
+    if not hasattr(planner, "observe") or episode["history"] is None:
+        return {}
+    planner.observe(*episode["history"])
+    ltm = planner.last_observe.get("ltm")
+    return {"s_observe": round(planner.last_observe["seconds"], 3), "history_frames": len(episode["history"][1]),
+            "ltm_memorise_s": round(ltm.seconds, 3) if ltm is not None else None}  # fmt: skip
+
+
+def _method_rows(label: str, planner, sampler: str, steps: list[int], plans: int, episode: dict, unbatched: bool,
+                 extra: dict, log) -> list[dict]:  # fmt: skip
+    planner.world_model.sampler_steps = min(steps)
+    time_plan(planner, episode, 0)  # warm-up: allocations and kernels for these batch shapes
+    rows = []
+    for s in steps:
+        log(f"  {label} {sampler} {s} steps ...")
+        rows.append({"method": label, "sampler": sampler, "sampler_steps": s,
+                     **bench_row(planner, episode, s, plans, unbatched), **extra})  # fmt: skip
+    return rows
+
+
+def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int = 3, device: str = "cpu",
+               candidates: int = 120, rollouts: int = 3, unbatched: bool = False, log=print) -> dict:  # fmt: skip
+    """The planning benchmark's report (see the module docstring); methods whose checkpoints are
+    missing, and the distilled sampler while it has no checkpoint, are listed under "skipped"."""
+    import torch
+
+    from nav_come.checkpoint import CheckpointError
+    from planners import cem
+    from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method
+    from planners.timing import PlanTimer
+
+    cfg = cem.CEMConfig(n_candidates=candidates, top_k=min(cem.CEMConfig.top_k, candidates))
+    kwargs = {"device": device, "cem_config": cfg, "rollouts": rollouts, "sampler_steps": DEFAULT_SAMPLER_STEPS}
+    planners, skipped = {}, {}
+    for m in methods:
+        try:
+            planners[m] = load_method(PLAN_METHODS[m], ckpt, **kwargs)
+        except (MethodUnavailable, CheckpointError) as err:  # an expert not (yet, or not fully) trained
+            skipped[m] = str(err)
+    first = next(iter(planners.values()), None)
+    episode = example_episode(first.world_model.ae.config.image_size, first.world_model.context) if first else None
+    rows = []
+    for label, planner in planners.items():
+        planner.timer = PlanTimer(device)
+        with torch.no_grad():
+            extra = _observe(planner, episode)
+            rows += _method_rows(label, planner, "multistep", list(steps), plans, episode, unbatched, extra, log)
+            distilled = distilled_planner(PLAN_METHODS[label], ckpt, **kwargs)
+            if distilled is None:
+                skipped["distilled"] = "no distilled checkpoint"
+                continue
+            distilled.timer = PlanTimer(device)
+            extra = _observe(distilled, episode)
+            rows += _method_rows(label, distilled, "distilled", list(DISTILLED_STEPS), plans, episode, unbatched,
+                                 extra, log)  # fmt: skip
+    nwm = {(r["sampler"], r["sampler_steps"]): r["s_per_plan"] for r in rows if r["method"] == "NWM"}
+    for r in rows:
+        base = nwm.get((r["sampler"], r["sampler_steps"]))
+        r["vs_nwm"] = round(r["s_per_plan"] / base, 3) if base else None
+    return {"machine": machine(), "device": device, "threads": torch.get_num_threads(),
+            "default_steps": DEFAULT_SAMPLER_STEPS, "rows": rows, "skipped": skipped,
+            "episode": episode["source"] if episode else None,
+            "protocol": {"candidates": cfg.n_candidates, "top_k": cfg.top_k, "iterations": cfg.iterations,
+                         "horizon": cfg.horizon, "rollouts": rollouts, "plans_per_row": plans,
+                         "distance": first.distance.name if first else None, "ckpt": str(ckpt)}}  # fmt: skip
+
+
+def format_plan_table(rows: list[dict]) -> str:
+    """Seconds per plan and its split; forwards per plan batched and unbatched (and, if timed, the
+    seconds per plan of one forward per branch without and with dedup)."""
+    extra = any("s_per_plan_unbatched" in r for r in rows)
+    head = (f"{'method':<8} {'sampler':<9} {'steps':>5} {'s/plan':>8} {'xNWM':>5} {'fwd/plan':>8} {'unbatched':>9} "
+            f"{'batch':>6} {'encode':>7} {'denoise':>8} {'decode':>7} {'cost':>6} {'cem':>6}")  # fmt: skip
+    lines = [head + (f" {'s unbatched':>11} {'s dedup-only':>12}" if extra else "")]
+    for r in rows:
+        sp, ratio = r["split_s"], f"{r['vs_nwm']:.2f}" if r["vs_nwm"] is not None else "-"
+        line = (f"{r['method']:<8} {r['sampler']:<9} {r['sampler_steps']:>5} {r['s_per_plan']:>8.2f} {ratio:>5} "
+                f"{r['forwards_per_plan']:>8} {r['forwards_unbatched']:>9} {r['batch']:>6} {sp['encode']:>7.3f} "
+                f"{sp['denoise']:>8.2f} {sp['decode']:>7.3f} {sp['cost']:>6.3f} {sp['cem']:>6.3f}")  # fmt: skip
+        if "s_per_plan_unbatched" in r:
+            line += f" {r['s_per_plan_unbatched']:>11.2f} {r['s_per_plan_dedup_only']:>12.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _plan_main(args) -> dict:
+    from planners.methods import DEFAULT_SAMPLER_STEPS
+
+    unknown = [m for m in args.methods if m not in PLAN_METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {' '.join(PLAN_METHODS)}")
+    steps = args.steps or ([DEFAULT_SAMPLER_STEPS] if args.quick else list(PLAN_STEPS))
+    plans = args.plans or (1 if args.quick else 3)
+    if plans < 1 or min(steps) < 1:
+        raise ValueError(f"--plans and --steps must be >= 1, got {plans} and {steps}")
+    out = bench_plan(args.ckpt, args.methods, steps, plans, args.device, args.candidates, args.rollouts,
+                     args.unbatched, log=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
+    proto = out["protocol"]
+    print(f"plan: device {out['device']}, torch threads {out['threads']}; {proto['candidates']} candidates × "
+          f"{proto['rollouts']} rollouts × {proto['horizon']} steps, {proto['iterations']} CEM iteration(s), "
+          f"cost {proto['distance']}; median of {plans} plan(s) per row after a warm-up")  # fmt: skip
+    print(f"episode: {out['episode']}")
+    for r in out["rows"]:
+        if "s_observe" in r and r["sampler_steps"] == steps[0]:
+            ltm = f" (LTM memorisation {r['ltm_memorise_s']:.2f} s)" if r["ltm_memorise_s"] is not None else ""
+            print(f"{r['method']}: observing {r['history_frames']} frames took {r['s_observe']:.2f} s{ltm}, "
+                  "once per episode, apart from the plan time")  # fmt: skip
+    print(format_plan_table(out["rows"]))
+    for name, why in out["skipped"].items():
+        print(f"skipped {name}: {why}")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="nav_come benchmarks")
-    p.add_argument("what", choices=["render", "model"])
+    p.add_argument("what", choices=["render", "model", "plan"])
     p.add_argument("--json", help="write the rows here too")
     p.add_argument("--frames", type=int, default=300)
-    p.add_argument("--ckpt", default="checkpoints/maze", help="world model folder for `model`")
+    p.add_argument("--ckpt", default="checkpoints/maze", help="checkpoint folder for `model` and `plan`")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--methods", nargs="+", default=list(PLAN_METHODS), help=f"plan: {' '.join(PLAN_METHODS)}")
+    p.add_argument("--steps", type=int, nargs="+", help=f"plan: sampler steps (default {PLAN_STEPS})")
+    p.add_argument("--plans", type=int, help="plan: plans timed per row (default 3; --quick 1)")
+    p.add_argument("--quick", action="store_true", help="plan: default step count only, one plan per row")
+    p.add_argument("--device", default="cpu", help="plan: cpu | cuda")
+    p.add_argument("--candidates", type=int, default=120, help="plan: CEM candidates (NWM preset 120)")
+    p.add_argument("--rollouts", type=int, default=3, help="plan: rollouts per candidate (NWM preset 3)")
+    p.add_argument("--unbatched", action="store_true",
+                   help="plan: also time composed methods with one forward per branch, without and with dedup")
     args = p.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}  (MUJOCO_GL={os.environ.get('MUJOCO_GL')}, threads {args.threads or 'default'})")
+    if args.what == "plan":
+        from nav_come.checkpoint import CheckpointError
+
+        try:
+            out = _plan_main(args)
+        except (ValueError, CheckpointError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.json:
+            atomic_write_text(args.json, json.dumps(out, indent=2))
+        return 0
     if args.what == "render":
         rows = bench_render(frames=args.frames)
         print(f"{'world':<8} {'size':>5} {'frames/s':>9}")

@@ -26,7 +26,13 @@ arguments, adapter on/off). :func:`run_branches` drops duplicates (same network,
 flag and argument objects: e.g. the LTM's un-adapted partner and the base expert's
 conditional branch when both run on the base network with the same context), groups what
 is left by network and runs each group as ONE forward over the concatenated batch, with a
-per-sample LoRA mask. ``stats``/``last`` count the forwards and the samples they ran.
+per-sample LoRA mask. ``batched=False`` runs every (distinct) branch as its own forward,
+``dedup=False`` evaluates duplicates again; both False is the reference the batched path is
+tested against, and the "before" count of the planning benchmark. (One forward of n·B
+samples is not always faster than n forwards of B: on a CPU, at B in the hundreds and with a
+LoRA mask over half the batch, it can be slower; ``eval.bench plan --unbatched`` measures it.)
+``stats``/``last`` count the forwards and the samples they ran, and the branches asked for
+(what a composition without batching or dedup runs as forwards).
 """
 
 from __future__ import annotations
@@ -65,18 +71,17 @@ class Branch:
 
 @dataclass
 class ForwardStats:
-    """calls: denoiser calls; forwards: network forward passes; samples: their total batch."""
+    """calls: denoiser calls; forwards: network forward passes; samples: their total batch;
+    branches: branch evaluations asked for (one forward each without batching or dedup)."""
 
     calls: int = 0
     forwards: int = 0
     samples: int = 0
+    branches: int = 0
 
     def add(self, other: ForwardStats) -> None:
-        self.calls, self.forwards, self.samples = (
-            self.calls + other.calls,
-            self.forwards + other.forwards,
-            self.samples + other.samples,
-        )
+        self.calls, self.forwards = self.calls + other.calls, self.forwards + other.forwards
+        self.samples, self.branches = self.samples + other.samples, self.branches + other.branches
 
 
 class Expert(Protocol):
@@ -125,18 +130,21 @@ def run_branches(
     t: torch.Tensor | float,
     bf16: bool = False,
     stats: ForwardStats | None = None,
+    batched: bool = True,
+    dedup: bool = True,
 ) -> list[torch.Tensor]:
     """v (B, ...) float32 of every branch, with one forward per distinct network.
 
-    x_t: (B, ...); t: (B,) or scalar. Duplicate branches are evaluated once.
+    x_t: (B, ...); t: (B,) or scalar. Duplicate branches are evaluated once (``dedup``), and the
+    branches of one network run as one forward (``batched``; False: one forward per branch).
     """
     B = x_t.shape[0]
     t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).expand(B)
     first: dict[tuple, int] = {}  # branch key -> first branch with it
-    source = [first.setdefault(b.key(), i) for i, b in enumerate(branches)]  # (n,) the branch that computes i
-    groups: dict[int, list[int]] = {}
+    source = [first.setdefault(b.key(), i) if dedup else i for i, b in enumerate(branches)]  # (n,) who computes i
+    groups: dict[object, list[int]] = {}
     for i in sorted(set(source)):
-        groups.setdefault(id(branches[i].network), []).append(i)
+        groups.setdefault(id(branches[i].network) if batched else i, []).append(i)
     out: dict[int, torch.Tensor] = {}
     for members in groups.values():
         net, n = branches[members[0]].network, len(members)
@@ -153,7 +161,7 @@ def run_branches(
         if stats is not None:
             stats.forwards, stats.samples = stats.forwards + 1, stats.samples + n * B
     if stats is not None:
-        stats.calls += 1
+        stats.calls, stats.branches = stats.calls + 1, stats.branches + len(branches)
     return [out[s] for s in source]
 
 
@@ -168,7 +176,7 @@ class ComposedDenoiser:
 
     experts: {name: expert} (or a sequence of experts with a ``name``); alphas: {name: alpha}
     (missing names get 1.0) or one alpha for all. ``cond`` is ``{name: that expert's condition}``,
-    as :meth:`condition` builds it.
+    as :meth:`condition` builds it. ``batched``, ``dedup``: see :func:`run_branches`.
     """
 
     experts: Mapping[str, Expert] | Sequence[Expert]
@@ -178,6 +186,8 @@ class ComposedDenoiser:
     x0_clip: float | None = 4.0
     schedule: CosineSchedule = COSINE
     bf16: bool = True
+    batched: bool = True
+    dedup: bool = True
     stats: ForwardStats = field(default_factory=ForwardStats)
     last: ForwardStats = field(default_factory=ForwardStats)
 
@@ -231,7 +241,7 @@ class ComposedDenoiser:
         """Composed v (B, ...) float32."""
         terms = self.terms(cond)
         self.last = ForwardStats()
-        vs = run_branches([b for b, _ in terms], x_t, t, self.bf16, self.last)
+        vs = run_branches([b for b, _ in terms], x_t, t, self.bf16, self.last, self.batched, self.dedup)
         self.stats.add(self.last)
         x = x_t.float()
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])

@@ -71,14 +71,24 @@ class LoRALinear(nn.Linear):
             self.lora_B.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, ..., in)
-        out = F.linear(x, self.weight, self.bias)
         mask = self.sample_mask
         if not self.enabled or (mask is not None and not bool(mask.any())):
-            return out
-        delta = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale  # (B, ..., out)
-        if mask is not None and not bool(mask.all()):
-            delta = delta * mask.view(-1, *([1] * (x.ndim - 1))).to(delta.dtype)
-        return out + delta
+            return F.linear(x, self.weight, self.bias)
+        if torch.is_grad_enabled():  # training the adapter: the low-rank path keeps its gradient small
+            delta = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale  # (B, ..., out)
+            if mask is not None and not bool(mask.all()):
+                delta = delta * mask.view(-1, *([1] * (x.ndim - 1))).to(delta.dtype)
+            return F.linear(x, self.weight, self.bias) + delta
+        # sampling: the merged weight W + s·B A, and only for the samples the adapter is on for,
+        # so that a batch half adapted and half not costs what the plain layer costs
+        merged = self.weight + (self.lora_B @ self.lora_A) * self.scale
+        if mask is None or bool(mask.all()):
+            return F.linear(x, merged, self.bias)
+        on, off = mask.nonzero()[:, 0], (~mask).nonzero()[:, 0]
+        y_on, y_off = F.linear(x[on], merged, self.bias), F.linear(x[off], self.weight, self.bias)
+        out = y_on.new_empty(*x.shape[:-1], self.out_features)
+        out[on], out[off] = y_on, y_off.to(out.dtype)
+        return out
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.lora_A.shape[0]}, scale={self.scale:g}"

@@ -8,7 +8,8 @@ autoencoder latents), so a printed cost is never mislabelled.
 ``world_model_cost`` turns a world model and a goal into the cost function the
 CEM planner takes: it rolls every candidate out ``rollouts`` times with a
 sliding context and averages the distances, as in NWM's protocol. ``memory_cost`` is
-the same over composed memory experts rolled out from an episode's memory.
+the same over composed memory experts rolled out from an episode's memory. Both charge
+their work to an optional :class:`~planners.timing.PlanTimer` (encode, denoise, decode, cost).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from eval.metrics import lpips, lpips_available, ssim
 from nav_come.compose import rollout
 from nav_come.geometry import step_actions, waypoints_from_actions
 from nav_come.memory_bank import EpisodeMemory
+from planners.timing import PlanTimer, section
 
 DISTANCES = ("auto", "lpips", "dssim", "latent_mse")
 
@@ -66,18 +68,23 @@ def candidate_motions(deltas: torch.Tensor, rollouts: int) -> torch.Tensor:
     return step_actions(poses).repeat_interleave(rollouts, 0)
 
 
-def _goal_target(world_model, goal: torch.Tensor, distance: GoalDistance) -> torch.Tensor:
+def _goal_target(world_model, goal: torch.Tensor, distance: GoalDistance, timer: PlanTimer | None) -> torch.Tensor:
     """The goal as the distance compares it: the frame, or its latent (encoded once)."""
-    return goal if distance.needs_pixels else world_model.encode(goal[None, None].to(world_model.device))[0, 0]
+    if distance.needs_pixels:
+        return goal
+    with section(timer, "encode"):
+        return world_model.encode(goal[None, None].to(world_model.device))[0, 0]
 
 
 def _final_cost(world_model, last: torch.Tensor, target: torch.Tensor, distance: GoalDistance, deltas: torch.Tensor,
-                rollouts: int, length_weight: float) -> torch.Tensor:
+                rollouts: int, length_weight: float, timer: PlanTimer | None) -> torch.Tensor:
     """Last imagined latents (N*R, c, h, w) -> (N,) goal distance averaged over rollouts, plus the length penalty."""
     if distance.needs_pixels:
-        last = world_model.decode(last)  # (N*R, 3, H, W)
-    d = distance(last, target).view(deltas.shape[0], rollouts).mean(1)  # (N,)
-    return d + length_weight * path_length(deltas).to(d)
+        with section(timer, "decode"):
+            last = world_model.decode(last)  # (N*R, 3, H, W)
+    with section(timer, "cost"):
+        d = distance(last, target).view(deltas.shape[0], rollouts).mean(1)  # (N,)
+        return d + length_weight * path_length(deltas).to(d)
 
 
 def world_model_cost(
@@ -88,20 +95,24 @@ def world_model_cost(
     rollouts: int = 3,
     generator: torch.Generator | None = None,
     length_weight: float = 0.0,
+    timer: PlanTimer | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The CEM cost: per-step deltas (N, H, 3) in the start frame -> (N,) mean goal distance.
 
-    context: (1, C, 3, H, W) frames; goal: (3, H, W) frame in [0, 1]. The context is
-    encoded once here, not once per candidate or per CEM iteration.
+    context: (1, C, 3, H, W) frames or (1, C, c, h, w) latents; goal: (3, H, W) frame in
+    [0, 1]. The context is encoded once here (if frames), not once per candidate or per CEM
+    iteration.
     """
-    ctx = world_model.encode(context.to(world_model.device))  # (1, C, c, h, w)
-    target = _goal_target(world_model, goal, distance)
+    with section(timer, "encode"):
+        ctx = world_model.context_latents(context, 1)  # (1, C, c, h, w)
+    target = _goal_target(world_model, goal, distance, timer)
 
     def cost(deltas: torch.Tensor) -> torch.Tensor:
         steps = candidate_motions(deltas, rollouts)  # (N*R, H, 3)
-        out = world_model.rollout(ctx, steps, generator=generator, decode=False)
+        with section(timer, "denoise"):
+            out = world_model.rollout(ctx, steps, generator=generator, decode=False)
         last = out["latents"][:, -1]  # (N*R, c, h, w): only the final frame is compared
-        return _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight)
+        return _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
 
     return cost
 
@@ -115,6 +126,7 @@ def memory_cost(
     rollouts: int = 3,
     generator: torch.Generator | None = None,
     length_weight: float = 0.0,
+    timer: PlanTimer | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The same cost over composed memory experts (CoME, NWM+STM, NWM+LTM).
 
@@ -123,11 +135,12 @@ def memory_cost(
     composed rollout (batch N*R), with the world model's sampler and sampler steps; the
     world model only decodes (and encodes a latent goal).
     """
-    target = _goal_target(world_model, goal, distance)
+    target = _goal_target(world_model, goal, distance, timer)
 
     def cost(deltas: torch.Tensor) -> torch.Tensor:
         steps = candidate_motions(deltas, rollouts).to(world_model.device)  # (N*R, H, 3)
-        latents = rollout(denoiser, memory, steps, world_model.sampler_steps, generator, world_model.sampler)
-        return _final_cost(world_model, latents[:, -1], target, distance, deltas, rollouts, length_weight)
+        with section(timer, "denoise"):
+            latents = rollout(denoiser, memory, steps, world_model.sampler_steps, generator, world_model.sampler)
+        return _final_cost(world_model, latents[:, -1], target, distance, deltas, rollouts, length_weight, timer)
 
     return cost

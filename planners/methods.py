@@ -38,12 +38,14 @@ from nav_come.geometry import step_actions, waypoints_from_actions
 from nav_come.memory_bank import EpisodeMemory
 from planners import cem
 from planners.cost import GoalDistance, memory_cost, world_model_cost
+from planners.timing import PlanTimer, section
 
 METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm")
 MEMORY_METHODS = {"come": ("stm", "ltm", "sltm"), "nwm+stm": ("stm",), "nwm+ltm": ("ltm",)}  # besides the base
 DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}  # DESIGN §1: about 2 for memory experts
 LABELS = {"come": "CoME", "nwm+stm": "NWM+STM", "nwm+ltm": "NWM+LTM"}
 LTM_DIR = "ltm"
+DEFAULT_SAMPLER_STEPS = 5  # the world model's sampler steps per prediction when a caller names none
 
 
 class MethodUnavailable(RuntimeError):
@@ -68,7 +70,11 @@ def _plan_motions(deltas: torch.Tensor) -> torch.Tensor:
 
 
 class WorldModelPlanner:
-    """CEM over the base world model (NWM); :class:`MemoryPlanner` changes what a plan rolls out."""
+    """CEM over the base world model (NWM); :class:`MemoryPlanner` changes what a plan rolls out.
+
+    ``timer``: a :class:`~planners.timing.PlanTimer` that plans charge their encode, denoise,
+    decode and cost time to (None: not timed).
+    """
 
     def __init__(
         self,
@@ -80,14 +86,16 @@ class WorldModelPlanner:
     ):
         self.world_model, self.cfg, self.distance = world_model, cem_config, distance
         self.rollouts, self.length_weight = rollouts, length_weight
+        self.timer: PlanTimer | None = None
 
     def _start(self, context: torch.Tensor):
-        """What every candidate of a plan starts from, and a note about it (None)."""
-        return context, None
+        """What every candidate of a plan starts from (the context latents (1, C, c, h, w), encoded
+        once per plan), and a note about it (None)."""
+        return self.world_model.context_latents(context, 1), None
 
     def _cost(self, start, goal: torch.Tensor, generator: torch.Generator | None):
         return world_model_cost(self.world_model, start, goal, self.distance, self.rollouts, generator,
-                                self.length_weight)  # fmt: skip
+                                self.length_weight, self.timer)  # fmt: skip
 
     def _imagine(self, start, motions: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Frames (K, 3, H, W) of the rollout of one-step motions (1, K, 3)."""
@@ -102,7 +110,8 @@ class WorldModelPlanner:
         imagine: bool = False,
     ) -> PlanResult:
         """context (1, C, 3, H, W) in [0, 1]; goal (3, H, W)."""
-        start, note = self._start(context)
+        with section(self.timer, "encode"):
+            start, note = self._start(context)
         cost = self._cost(start, goal, generator)
         mean, std = (warm_start.mean, warm_start.std) if warm_start is not None else (None, None)
         res = cem.plan(cost, self.cfg, generator, mean, std)
@@ -195,7 +204,7 @@ class MemoryPlanner(WorldModelPlanner):
 
     def _cost(self, memory: EpisodeMemory, goal: torch.Tensor, generator: torch.Generator | None):
         return memory_cost(self.world_model, self.denoiser, memory, goal, self.distance, self.rollouts, generator,
-                           self.length_weight)  # fmt: skip
+                           self.length_weight, self.timer)  # fmt: skip
 
     def _imagine(self, memory: EpisodeMemory, motions: torch.Tensor, generator: torch.Generator | None):
         wm = self.world_model
@@ -329,7 +338,7 @@ def load_method(
     device: str = "cpu",
     cem_config: cem.CEMConfig | None = None,
     distance: str = "auto",
-    sampler_steps: int = 5,
+    sampler_steps: int = DEFAULT_SAMPLER_STEPS,
     rollouts: int = 3,
     lpips_weights: str | None = None,
     spacing: float | None = None,

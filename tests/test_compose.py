@@ -49,7 +49,7 @@ def test_one_expert_with_alpha_one_is_that_expert_exactly(kind):
     assert torch.equal(composed(x, t, {kind: cond}), expert(x, t, cond))
     if kind == "base":
         assert torch.equal(composed(x, t, {kind: cond}), base(x, t, **cond.kwargs))
-    assert composed.last == ForwardStats(calls=1, forwards=1, samples=3)
+    assert composed.last == ForwardStats(calls=1, forwards=1, samples=3, branches=1)
 
 
 @pytest.mark.parametrize("kind", ["base", "stm", "ltm", "sltm"])
@@ -72,7 +72,7 @@ def test_batched_composition_equals_unbatched_and_runs_one_forward_per_network()
     cond = composed.condition(memory, q)
     assert torch.allclose(composed(x, t, cond), unbatched(composed, x, t, cond), atol=1e-4)
     # base+LTM share the base network (the LTM partner is the base's conditional branch): 3 networks
-    assert composed.last == ForwardStats(calls=1, forwards=3, samples=3 * (2 + 2 + 2))
+    assert composed.last == ForwardStats(calls=1, forwards=3, samples=3 * (2 + 2 + 2), branches=7)
     g = (torch.Generator().manual_seed(0), torch.Generator().manual_seed(0))
     x_T = torch.randn(3, 4, LATENT, LATENT)
     a = ddim_sample(composed, x_T, 3, cond, g[0])
