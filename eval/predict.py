@@ -68,6 +68,7 @@ from nav_come.data import DataFormatError, TrajectoryDataset, data_config  # noq
 from nav_come.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from nav_come.train_loop import Distributed  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
+from planners.methods import DEFAULT_NORMALISE  # noqa: E402
 
 HORIZONS = (1, 2, 4, 8)
 MEMORY_DATA = SHIPPED_CHECKPOINT.parents[1] / "data" / "maze"  # --memory without --data
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="contrastive weights of the composed rows (default base=1 stm=2 ltm=2 sltm=2)")  # fmt: skip
     m.add_argument("--rows", nargs="+", metavar="ROW",
                    help="only these rows, e.g. Base +SLTM CoME 'CoME (no contrast)' (default all)")  # fmt: skip
-    m.add_argument("--normalise", action="store_true", help="composed rows: coefficients scaled to sum to 1")
+    m.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=DEFAULT_NORMALISE,
+                   help="composed rows: coefficients scaled to sum to 1 (default: on, chosen on val)")  # fmt: skip
     m.add_argument("--figure", type=Path, help="PNG: context strip, ground truth and each method, a few sequences")
     return p
 
