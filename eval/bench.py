@@ -2,6 +2,7 @@
 
     python -m eval.bench render [--json PATH]     # simulator frames per second, single process
     python -m eval.bench model [--ckpt DIR]       # world-model training step and sampling speed
+    python -m eval.bench memory [--ckpt DIR]     # memory cost vs stored frames, LTM, composition overhead
     python -m eval.bench plan [--json PATH] [--quick] [--ckpt DIR] [--methods NWM CoME ...]
                               [--steps 1 2 4 8 16] [--plans N] [--threads N] [--device cpu|cuda]
 
@@ -121,6 +122,97 @@ def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int
                      "predict_frames_per_s": round(batch_sample / s_pred, 1), "predict_batch": batch_sample,
                      "sampler_steps": steps})
     return rows
+
+
+# ---------------------------------------------------------------------- memory
+
+MEMORY_CONTEXTS = (50, 200, 800)  # stored frames
+MEMORY_ROWS = ("Base", "Sliding", "SSM", "Full", "CoME")
+MEMORY_HORIZON = 8
+
+
+def synthetic_episode(frames: int, latent_shape, spacing: float, seed: int = 0):
+    """An EpisodeMemory of ``frames`` random latents on a loop of 3 m radius (one lap per 120
+    frames, so retrieval finds earlier laps): the cost of memory does not depend on what the
+    frames show, only on how many there are."""
+    import torch
+
+    from nav_come.memory_bank import EpisodeMemory
+
+    g = torch.Generator().manual_seed(seed)
+    angle = torch.arange(frames, dtype=torch.float64) * (2 * np.pi / 120)
+    poses = torch.stack([3 * torch.cos(angle), 3 * torch.sin(angle), angle + np.pi / 2], 1)
+    return EpisodeMemory(torch.randn(frames, *latent_shape, generator=g), poses, spacing)
+
+
+def bench_memory(ckpt, contexts=MEMORY_CONTEXTS, rows=MEMORY_ROWS, batch: int = 120, repeats: int = 3) -> dict:
+    """Cost of memory, side by side in one process (issue 5's benchmarks):
+
+    - ``per_frame``: seconds per predicted frame (one sequence, an 8-frame rollout at the world
+      model's sampler steps) of each row at each number of stored frames; the LTM's
+      memorisation is timed apart (``ltm``: seconds per stored frame);
+    - ``compose``: one composed denoiser call of CoME at ``batch`` samples, with its branches
+      batched and deduplicated (the default) against one forward per branch (the sum of the
+      experts' single forward passes), and the base expert's single forward for scale.
+    """
+    import torch
+
+    from eval import memory_table
+    from nav_come.compose import rollout
+    from nav_come.memory_bank import Query
+    from nav_come.world_model import WorldModel
+    from planners.methods import DEFAULT_NORMALISE
+
+    wm = WorldModel.from_pretrained(ckpt)
+    spacing = 0.25
+    denoisers, skipped, ltm = memory_table.build(wm, ckpt, {}, DEFAULT_NORMALISE, wm.device, list(rows))
+    actions = torch.tensor([[0.8, 0.0, 0.2]]).expand(1, MEMORY_HORIZON, 3)
+    per_frame, ltm_rows = [], []
+    for L in contexts:
+        memory = synthetic_episode(L, wm.latent_shape, spacing)
+        if ltm is not None:
+            report = ltm.memorize(memory)
+            ltm_rows.append({"context": L, "s_per_stored_frame": report.seconds / max(report.frames, 1),
+                             "frames": report.frames})  # fmt: skip
+        for name, method in denoisers.items():
+            def run(m=method, mem=memory):
+                return rollout(m, mem, actions, wm.sampler_steps, torch.Generator().manual_seed(0))
+
+            s = _median_seconds(run, repeats)
+            per_frame.append({"method": name, "context": L, "s_per_frame": s / MEMORY_HORIZON})
+    compose = []
+    if "CoME" in denoisers:
+        come, memory = denoisers["CoME"], synthetic_episode(max(contexts), wm.latent_shape, spacing)
+        ctx = memory.context(wm.context).expand(batch, -1, -1, -1, -1)
+        query = Query(ctx, actions[0, :1].expand(batch, 3), 1, memory.poses[memory.now].expand(batch, 3))
+        cond, x = come.condition(memory, query), torch.randn(batch, *wm.latent_shape)
+        t = torch.full((batch,), 0.5)
+        for batched, dedup in ((True, True), (False, False)):
+            come.batched, come.dedup = batched, dedup
+            s = _median_seconds(lambda: come(x, t, cond), repeats)
+            compose.append({"what": "CoME, branches batched + shared" if batched else "CoME, one forward per branch",
+                            "s_per_call": s, "forwards": come.last.forwards, "samples": come.last.samples})  # fmt: skip
+        come.batched, come.dedup = True, True
+        base = denoisers["Base"]
+        bcond = base.condition(memory, query)
+        s = _median_seconds(lambda: base(x, t, bcond), repeats)
+        compose.append({"what": "Base alone (one forward)", "s_per_call": s, "forwards": 1, "samples": batch})
+    return {"per_frame": per_frame, "ltm": ltm_rows, "compose": compose, "skipped": skipped, "batch": batch,
+            "sampler_steps": wm.sampler_steps}  # fmt: skip
+
+
+def format_memory(out: dict) -> str:
+    contexts = sorted({r["context"] for r in out["per_frame"]})
+    names = list(dict.fromkeys(r["method"] for r in out["per_frame"]))
+    cell = {(r["method"], r["context"]): r["s_per_frame"] for r in out["per_frame"]}
+    lines = ["seconds per predicted frame vs stored frames"]
+    lines.append(f"{'method':<10}" + "".join(f"{L:>10}" for L in contexts))
+    lines += [f"{n:<10}" + "".join(f"{cell[n, L]:>10.3f}" for L in contexts) for n in names]
+    lines += [f"LTM memorisation: {r['s_per_stored_frame']:.3f} s per stored frame ({r['frames']} frames)"
+              for r in out["ltm"]]  # fmt: skip
+    for r in out["compose"]:
+        lines.append(f"{r['what']:<36} {r['s_per_call']:.3f} s  {r['forwards']} forwards, {r['samples']} samples")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- planning
@@ -364,7 +456,7 @@ def _plan_main(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="nav_come benchmarks")
-    p.add_argument("what", choices=["render", "model", "plan"])
+    p.add_argument("what", choices=["render", "model", "memory", "plan"])
     p.add_argument("--json", help="write the rows here too")
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--ckpt", default="checkpoints/maze", help="checkpoint folder for `model` and `plan`")
@@ -392,6 +484,14 @@ def main(argv=None) -> int:
         except (ValueError, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        if args.json:
+            atomic_write_text(args.json, json.dumps(out, indent=2))
+        return 0
+    if args.what == "memory":
+        out = {"machine": machine(), "threads": args.threads, **bench_memory(args.ckpt)}
+        print(format_memory(out))
+        for name, why in out["skipped"].items():
+            print(f"skipped {name}: {why}")
         if args.json:
             atomic_write_text(args.json, json.dumps(out, indent=2))
         return 0
