@@ -3,7 +3,7 @@
 import numpy as np
 
 from nav_come.data import write_split, write_trajectory
-from nav_come.data.cem_prior import cem_prior, main
+from nav_come.data.cem_prior import cem_prior, check, main
 
 
 def _straight(folder, step_m: float, T: int = 33):
@@ -26,3 +26,15 @@ def test_cli_one_line_error_on_missing_split(tmp_path, capsys):
     assert main(["--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cem_prior: error:")
+
+
+def test_check_scores_the_prior_against_the_split(tmp_path):
+    (tmp_path / "dataset.json").write_text('{"name": "nav_come_sim", "metric_waypoint_spacing": 0.25}')
+    _straight(tmp_path / "a", 0.25)
+    write_split(tmp_path / "splits" / "val" / "traj_names.txt", ["a"])
+    (tmp_path / "splits" / "val" / "navigation_eval.json").write_text('[{"traj": "a", "t": 3}]')
+    exact = ((1 + 2.5) / 7.5 * 2 - 1, 0.0, 0.0)
+    a, r, best, n = check(tmp_path, "val", exact, (0.01, 0.01, 0.01))
+    assert n == 1 and a < 1e-5 and r < 1e-5 and best < 0.2
+    a, _, best, _ = check(tmp_path, "val", (-0.1, 0.0, 0.0), (0.02, 0.1, 0.1))  # RECON's: 0.875 units per step
+    assert best <= a and abs(a - np.sqrt(np.mean(((np.arange(1, 9)) * 0.875 - np.arange(1, 9)) ** 2))) < 0.05
