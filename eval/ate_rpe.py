@@ -16,6 +16,10 @@ frames ``t-history+1..t`` of its trajectory with their world poses from ``traj_d
 go through the planner's ``observe`` (encoded once, memorised by the LTM) before it plans;
 the time of that is reported as ``s_per_observe``, apart from ``s_per_plan``.
 
+``--distilled DIR`` plans with the networks distilled for ``--steps`` DDIM steps (default: the
+fewest in DIR; :mod:`nav_come.distill`) in place of the base and the experts; compare its rows with
+a run without it (the multi-step sampler) on ``--split val`` and ``--split test``.
+
 Seed s plans sample i with a generator seeded from (s, i), so under ``torchrun`` (:mod:`eval.distributed`)
 each rank plans every N-th sample and rank 0, which alone prints and writes, reports the numbers one
 process would; ``s_per_plan`` and ``s_per_observe`` are then medians over the plans of every rank.
@@ -46,10 +50,11 @@ from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import DataFormatError, data_config, gt_waypoints, load_frames, poses, read_split, split_path  # noqa: E402
 from nav_come.data.recon import read_trajectory  # noqa: E402
+from nav_come.distill import resolve_steps  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.train_loop import Distributed  # noqa: E402
 from planners import cem  # noqa: E402
-from planners.methods import MethodUnavailable, load_method  # noqa: E402
+from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method  # noqa: E402
 
 METHOD_NAMES = {"GNM": "gnm", "NoMaD": "nomad", "NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm",
                 "NWM+LTM": "nwm+ltm"}  # fmt: skip
@@ -140,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
     p.add_argument("--n-samples", type=int, help="evaluate only this many samples")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=5, help="world-model sampler steps")
+    p.add_argument("--steps", type=int, help=f"sampler steps (default {DEFAULT_SAMPLER_STEPS}; --distilled: fewest)")
+    p.add_argument("--distilled", type=Path, help="plan with the networks distilled for --steps in this folder")
     p.add_argument("--candidates", type=int, default=120)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
@@ -182,11 +188,12 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     if not samples_idx:
         raise ValueError(f"no evaluation samples in the {args.split} split of {args.data}")
     cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k, iterations=args.iterations)
+    steps = resolve_steps(args.distilled, args.steps) if args.distilled else args.steps or DEFAULT_SAMPLER_STEPS
     planners, skipped = {}, {}
     for m in args.methods:
         try:
-            planners[m] = load_method(METHOD_NAMES[m], args.ckpt, device, cem_cfg, args.distance, args.steps,
-                                      args.rollouts, args.lpips_weights, spacing=sp)  # fmt: skip
+            planners[m] = load_method(METHOD_NAMES[m], args.ckpt, device, cem_cfg, args.distance, steps, args.rollouts,
+                                      args.lpips_weights, spacing=sp, distilled=args.distilled)  # fmt: skip
         except (MethodUnavailable, ValueError) as err:
             skipped[m] = str(err)
     size = next((p.world_model.ae.config.image_size for p in planners.values() if hasattr(p, "world_model")), 64)
@@ -217,10 +224,12 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     distance = next((p.distance.name for p in planners.values() if hasattr(p, "distance")), None)
     protocol = {"split": args.split, "goal_offset": GOAL, "context": CONTEXT, "seeds": args.seeds,
                 "n_samples": len(samples_idx), "cem": {"candidates": args.candidates, "top_k": args.top_k,
-                "iterations": args.iterations, "rollouts": args.rollouts}, "sampler_steps": args.steps,
+                "iterations": args.iterations, "rollouts": args.rollouts}, "sampler_steps": steps,
                 "metric_waypoint_spacing": sp, "ckpt": str(args.ckpt), "distance": distance}  # fmt: skip
     if memory:
         protocol["history"] = args.history
+    if args.distilled:
+        protocol["distilled"] = str(args.distilled)
     return {"rows": rows, "protocol": protocol, "data": str(args.data), "skipped": skipped,
             "_gt": gt, "_samples_idx": samples_idx, "_preds": preds}  # fmt: skip
 

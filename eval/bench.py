@@ -13,7 +13,9 @@ CEM's own bookkeeping), the denoiser forward passes of a plan with their batch s
 branch batching (``forwards_per_plan``) and without it (``forwards_unbatched``: one forward per
 branch), and each method's time as a ratio to NWM's in the same run. The memory methods first
 observe the episode that ``examples/`` was cut from (see :func:`example_episode`); that time,
-the LTM's memorisation included, is per episode and reported apart (``s_observe``). ``--quick``:
+the LTM's memorisation included, is per episode and reported apart (``s_observe``). Networks
+distilled for 1 or 2 steps in ``CKPT/distilled/<k>step/`` (:mod:`nav_come.distill`) add rows with
+sampler "distilled" at their step count (whose quality ``eval/predict.py --distilled`` measures). ``--quick``:
 the default step count only, one plan per row. ``--unbatched`` also times each composed method
 with one forward per branch, without dedup (``s_per_plan_unbatched``, the "before") and with it
 (``s_per_plan_dedup_only``, ``forwards_dedup_only``). ``--json`` writes ``{"machine", "default_steps",
@@ -265,11 +267,22 @@ def example_episode(image_size: int, context: int = 4) -> dict:
                       f"goal {t + 8}"}  # fmt: skip
 
 
-def distilled_planner(method: str, ckpt, **load_kwargs):
-    """Hook for a distilled few-step sampler: the planner of ``method`` whose world model samples
-    with a distilled student, or None while no distilled checkpoint exists (none is trained yet).
-    When it returns a planner, :func:`bench_plan` adds "distilled" rows at DISTILLED_STEPS."""
-    return None
+def distilled_planner(method: str, ckpt, steps: int, **load_kwargs):
+    """The planner of ``method`` on the networks distilled for ``steps`` DDIM steps in
+    ``CKPT/distilled`` (:mod:`nav_come.distill`'s layout: ``<k>step/{base,stm,sltm}``), or None
+    when they are not there. :func:`bench_plan` adds a "distilled" row for each of DISTILLED_STEPS."""
+    from planners.methods import MethodUnavailable, load_method
+
+    try:
+        return load_method(method, ckpt, distilled=distilled_root(ckpt), **{**load_kwargs, "sampler_steps": steps})
+    except MethodUnavailable:
+        return None
+
+
+def distilled_root(ckpt) -> Path:
+    from nav_come.distill import DISTILLED_DIR
+
+    return Path(ckpt) / DISTILLED_DIR
 
 
 def plan_networks(planner) -> dict:
@@ -388,14 +401,17 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
         with torch.no_grad():
             extra = _observe(planner, episode)
             rows += _method_rows(label, planner, "multistep", list(steps), plans, episode, unbatched, extra, log)
-            distilled = distilled_planner(PLAN_METHODS[label], ckpt, **kwargs)
-            if distilled is None:
+            if not distilled_root(ckpt).is_dir():
                 skipped["distilled"] = "no distilled checkpoint"
                 continue
-            distilled.timer = PlanTimer(device)
-            extra = _observe(distilled, episode)
-            rows += _method_rows(label, distilled, "distilled", list(DISTILLED_STEPS), plans, episode, unbatched,
-                                 extra, log)  # fmt: skip
+            for s in DISTILLED_STEPS:
+                distilled = distilled_planner(PLAN_METHODS[label], ckpt, s, **kwargs)
+                if distilled is None:
+                    skipped[f"{label} distilled {s}-step"] = "no distilled checkpoint"
+                    continue
+                distilled.timer = PlanTimer(device)
+                extra = _observe(distilled, episode)
+                rows += _method_rows(label, distilled, "distilled", [s], plans, episode, unbatched, extra, log)
     nwm = {(r["sampler"], r["sampler_steps"]): r["s_per_plan"] for r in rows if r["method"] == "NWM"}
     for r in rows:
         base = nwm.get((r["sampler"], r["sampler_steps"]))

@@ -22,7 +22,10 @@ keep the mean finite. ``--json`` writes the contract other tools read::
 ``--split val`` evaluates the validation worlds instead: settings (alpha, sampler steps) are
 chosen there, never on the test split.
 
-Without ``--ckpt`` the shipped checkpoint (``checkpoints/maze``) is used.
+Without ``--ckpt`` the shipped checkpoint (``checkpoints/maze``) is used. ``--distilled DIR`` (both
+modes) samples with the networks distilled for ``--steps`` DDIM steps in DIR (default: the fewest;
+:mod:`nav_come.distill`) in place of the base and the experts, and adds ``"distilled"`` and
+``"sampler_steps"`` to the report: compare it with a run without it (the multi-step sampler).
 
 The windows go in batches of ``--batch-size``; batch b draws its noise from a generator seeded
 from (``--seed``, b). Under ``torchrun`` (:mod:`eval.distributed`; gloo on CPU, nccl with
@@ -65,6 +68,7 @@ from eval import distributed, memory_table  # noqa: E402
 from eval.metrics import lpips, lpips_available, psnr, ssim  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import DataFormatError, TrajectoryDataset, data_config  # noqa: E402
+from nav_come.distill import distilled_dir, distilled_world_model, resolve_steps  # noqa: E402
 from nav_come.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from nav_come.train_loop import Distributed  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
@@ -112,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: rank r on cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--distilled", type=Path, help="sample with the networks distilled for --steps in this folder")
     m = p.add_argument_group("memory ablation", "with --memory (also --data, --ckpt, --json, --seed, --steps)")
     m.add_argument("--memory", action="store_true", help="the memory ablation table on memory_eval sequences")
     m.add_argument("--n-seq", type=int, help="sequences evaluated (default: all)")
@@ -264,6 +269,16 @@ def _fail(message: str) -> int:
     return 2
 
 
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldModel, Path, int | None]:
+    """The world model, the folder of its experts and the sampler steps (None: the model's), with
+    ``--distilled`` those distilled for ``--steps``."""
+    if args.distilled is None:
+        return WorldModel.from_pretrained(args.ckpt, device=device, bf16=args.bf16), args.ckpt, args.steps
+    steps = resolve_steps(args.distilled, args.steps)
+    model = distilled_world_model(args.ckpt, args.distilled, steps, device, args.bf16)
+    return model, distilled_dir(args.distilled, steps), steps
+
+
 def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
     """The memory ablation (``--memory``; rank 0 reports); see :mod:`eval.memory_table`."""
     from tqdm import tqdm
@@ -275,18 +290,18 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
         if not data.is_dir():
             raise ValueError(f"data folder {data} does not exist; pass --data DIR")
         alphas = memory_table.parse_alphas(args.alpha)
-        model = WorldModel.from_pretrained(args.ckpt, device=dist.device, bf16=args.bf16)
+        model, experts_dir, steps = load_model(args, dist.device)
         if min(args.context) < model.context:
             raise ValueError(f"--context values must be >= {model.context} (the model's context), got {args.context}")
         samples = memory_table.load_samples(data, args.split_dir, args.dataset, args.n_seq, args.split)
         spacing = data_config(args.dataset or data).metric_waypoint_spacing
-        denoisers, skipped, ltm = memory_table.build(model, args.ckpt, alphas, args.normalise, dist.device, args.rows)
+        denoisers, skipped, ltm = memory_table.build(model, experts_dir, alphas, args.normalise, dist.device, args.rows)
     except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
         return _fail(str(e))
     if dist.is_main:
         for name, why in skipped.items():
             print(f"skipped {name}: {why}")
-    contexts, steps = sorted(set(args.context)), args.steps or model.sampler_steps
+    contexts, steps = sorted(set(args.context)), steps or model.sampler_steps
     longest = max(contexts)
     mine = distributed.shard(samples, dist)  # (index, sample): sequence i's noise is seeded from (seed, i)
     sequences = ((i, memory_table.load_sequence(model, data, s, spacing, longest)) for i, s in mine)
@@ -305,6 +320,8 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
         report = {"rows": out["rows"], "skipped": skipped, "data": str(data), "split": args.split, "seed": args.seed,
                   "n_seq": len(samples), "sampler_steps": steps, "alphas": {**memory_table.DEFAULT_ALPHAS, **alphas},
                   "normalise": args.normalise, "ltm": out["ltm"], "peak_memory": out["peak_memory"]}  # fmt: skip
+        if args.distilled:
+            report["distilled"] = str(args.distilled)
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.figure and out["shown"]:
         save_memory_figure(args.figure, out["shown"])
@@ -316,7 +333,7 @@ def run_windows(args: argparse.Namespace, dist: Distributed) -> int:
     if args.n_samples < 1 or args.batch_size < 1:
         return _fail("--n-samples and --batch-size must be >= 1")
     try:
-        model = WorldModel.from_pretrained(args.ckpt, device=dist.device, bf16=args.bf16)
+        model, _, steps = load_model(args, dist.device)
         data = TrajectoryDataset(
             args.data, args.split, split_dir=args.split_dir, dataset=args.dataset, context_size=model.context,
             pred_len=max(HORIZONS), goal_offset=None, image_size=model.ae.config.image_size, cache=False,
@@ -325,13 +342,15 @@ def run_windows(args: argparse.Namespace, dist: Distributed) -> int:
         return _fail(str(e))
     rng = np.random.default_rng(args.seed)
     indices = np.sort(rng.choice(len(data), min(args.n_samples, len(data)), replace=False))
-    out = evaluate(model, data, indices, args.seed, args.steps, args.batch_size, dist=dist)
+    out = evaluate(model, data, indices, args.seed, steps, args.batch_size, dist=dist)
     if out is None:  # not rank 0
         return 0
     rows, shown = out
     print(format_table(rows))
     if args.json:
         report = {"rows": rows, "data": str(args.data), "split": args.split, "seed": args.seed}
+        if args.distilled:
+            report |= {"distilled": str(args.distilled), "sampler_steps": steps}
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.grid:
         save_grid(args.grid, shown)

@@ -13,9 +13,15 @@ and policy beside it (``python -m nav_come.train_expert --out`` writes them ther
     checkpoints/maze/{ssm,full}    the memory baselines (the memory table only)
     checkpoints/maze/ltm/          optional: the LTM's settings only (see :func:`ltm_expert`)
     checkpoints/maze/{gnm,nomad}   the policies
+    checkpoints/maze/distilled/    optional: networks distilled for 1-2 DDIM steps (nav_come.distill)
 
 The LTM has no trained weights: its LoRA adapter starts at zero on the base network and is
 trained at test time on the episode, so NWM+LTM needs only ``ae/`` and ``base/``.
+
+``load_method(..., distilled=DIR, sampler_steps=k)`` plans with the networks distilled for k
+DDIM steps (``DIR/<k>step/{base,stm,sltm}``, see :mod:`nav_come.distill`): the world model samples
+with the distilled base, the memory methods compose the distilled experts (NWM+LTM's adapter sits
+on the distilled base).
 """
 
 from __future__ import annotations
@@ -337,6 +343,19 @@ def _memory_planner(name, ckpt_dir: Path, wm, device, cem_config, distance, roll
     return MemoryPlanner(wm, composed, cem_config, distance, rollouts, spacing, name=LABELS[name])
 
 
+def _distilled(name: str, ckpt_dir: Path, root: Path, steps: int, device):
+    """The world model on the base distilled for ``steps`` DDIM steps, and the folder of the
+    distilled experts (MethodUnavailable when one the method needs is missing)."""
+    from nav_come.distill import distilled_dir, distilled_world_model
+
+    folder = distilled_dir(root, steps)
+    for expert in ("base", *MEMORY_METHODS.get(name, ())):
+        if expert != "ltm":
+            command = f"python -m nav_come.distill --expert {expert} --ckpt {ckpt_dir} --data DATA --out {root}"
+            _need(folder / expert, f"{steps}-step distilled {expert}", command)
+    return distilled_world_model(ckpt_dir, root, steps, device), folder
+
+
 def load_method(
     name: str,
     ckpt_dir: str | Path,
@@ -348,12 +367,14 @@ def load_method(
     lpips_weights: str | None = None,
     spacing: float | None = None,
     alphas: dict[str, float] | None = None,
+    distilled: str | Path | None = None,
 ) -> WorldModelPlanner | MemoryPlanner | PolicyPlanner:
     """Build the planner of method ``name`` from the checkpoints in ``ckpt_dir``.
 
     spacing: metres per step of the data planned on (memory methods place observed poses with
     it; default: the experts' training data, else the simulator's); alphas: {expert: alpha}
-    of a memory method (default ``DEFAULT_ALPHAS``).
+    of a memory method (default ``DEFAULT_ALPHAS``); distilled: a folder of distilled networks
+    (see the module docstring) whose ``sampler_steps`` ones replace the base and the experts.
     """
     name = name.lower()
     ckpt_dir = Path(ckpt_dir)
@@ -374,8 +395,11 @@ def load_method(
     for expert in MEMORY_METHODS.get(name, ()):
         if expert != "ltm":
             _expert_folder(ckpt_dir, expert, f"{LABELS[name]}'s {expert.upper()} expert")
-    wm = WorldModel.from_pretrained(ckpt_dir, device=device, sampler_steps=sampler_steps)
+    if distilled is None:
+        wm, experts_dir = WorldModel.from_pretrained(ckpt_dir, device=device, sampler_steps=sampler_steps), ckpt_dir
+    else:
+        wm, experts_dir = _distilled(name, ckpt_dir, Path(distilled), sampler_steps, device)
     cem_config, goal_distance = cem_config or cem.CEMConfig(), GoalDistance(distance, lpips_weights)
     if name in MEMORY_METHODS:
-        return _memory_planner(name, ckpt_dir, wm, device, cem_config, goal_distance, rollouts, spacing, alphas)
+        return _memory_planner(name, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing, alphas)
     return WorldModelPlanner(wm, cem_config, goal_distance, rollouts)
