@@ -60,7 +60,16 @@ from nav_come.experts import TRAINED, BaseExpert, MemoryExpert, SpatialExpert
 from nav_come.experts.common import condition_dropout
 from nav_come.io import atomic_write_text
 from nav_come.train_expert import _data, draw_batch
-from nav_come.train_loop import Distributed, LoopConfig, cli_fail, fit, run_stages, setup_distributed, step_generator
+from nav_come.train_loop import (
+    Distributed,
+    LoopConfig,
+    add_run_args,
+    cli_fail,
+    fit,
+    run_stages,
+    setup_distributed,
+    step_generator,
+)
 from nav_come.world_model import AE_DIR, BASE_DIR, WorldModel, autocast
 
 NAMES = (BASE_DIR, *TRAINED)  # what can be distilled (the LTM has no offline weights)
@@ -267,14 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="batch per process")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--revisit-weight", type=float, help="sampling weight of revisit targets (default: the teacher's)")
-    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
-    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-every", type=int, default=500, help="validation period in steps (0: off)")
-    p.add_argument("--ckpt-every-min", type=float, default=5.0, help="resume-state period in minutes")
+    add_run_args(p)
     return p
 
 

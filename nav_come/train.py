@@ -39,7 +39,16 @@ from nav_come.data import data_config, load_frames, read_split, read_trajectory,
 from nav_come.diffusion import COSINE
 from nav_come.dit import DIT_PRESETS, DiT, dit_config, dit_training_loss
 from nav_come.latents import LatentWindowDataset, encode_split
-from nav_come.train_loop import Distributed, LoopConfig, cli_fail, fit, run_stages, setup_distributed, step_generator
+from nav_come.train_loop import (
+    Distributed,
+    LoopConfig,
+    add_run_args,
+    cli_fail,
+    fit,
+    run_stages,
+    setup_distributed,
+    step_generator,
+)
 from nav_come.world_model import AE_DIR, BASE_DIR, autocast
 
 VAL_SEED = 1234  # fixed validation draws: the curve compares like with like
@@ -53,8 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help=f"denoiser preset: {', '.join(DIT_PRESETS)}")
     p.add_argument("--stage", choices=("ae", "dit", "all"), default="all")
     p.add_argument("--ae", type=Path, help="autoencoder checkpoint for --stage dit (default OUT/ae)")
-    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
-    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
     p.add_argument("--steps", type=int, default=10000, help="denoiser optimiser steps in total")
     p.add_argument("--max-minutes", type=float, help="denoiser wall-clock budget of this run")
     p.add_argument("--batch-size", type=int, default=32, help="denoiser batch per process")
@@ -69,12 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-lr", type=float, default=1e-3)
     p.add_argument("--ae-max-frames", type=int, default=30000, help="training frames held in memory for the AE")
     p.add_argument("--image-size", type=int, default=64, help="square frame side the AE is trained at")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-every", type=int, default=500, help="validation period in steps (0: off)")
-    p.add_argument("--ckpt-every-min", type=float, default=5.0, help="resume-state period in minutes")
+    add_run_args(p)
     return p
 
 

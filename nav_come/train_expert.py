@@ -43,7 +43,16 @@ from nav_come.experts import EXPERTS, TRAINED, Expert, save_expert
 from nav_come.experts.common import train_only_memory
 from nav_come.latents import LatentSet, LatentWindowDataset, cache_key, encode_split
 from nav_come.memory_bank import FrameStore, RetrievalConfig
-from nav_come.train_loop import Distributed, LoopConfig, cli_fail, fit, run_stages, setup_distributed, step_generator
+from nav_come.train_loop import (
+    Distributed,
+    LoopConfig,
+    add_run_args,
+    cli_fail,
+    fit,
+    run_stages,
+    setup_distributed,
+    step_generator,
+)
 from nav_come.world_model import AE_DIR, BASE_DIR, autocast
 
 VAL_SEED = 1234
@@ -66,14 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="stm: every stride-th frame of the window (default 2)")
     p.add_argument("--train-history", type=int, help="full/ssm: newest history frames kept in training")
     p.add_argument("--k", type=int, default=2, help="sltm: frames retrieved per prediction")
-    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
-    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-every", type=int, default=500, help="validation period in steps (0: off)")
-    p.add_argument("--ckpt-every-min", type=float, default=5.0, help="resume-state period in minutes")
+    add_run_args(p)
     return p
 
 

@@ -23,6 +23,7 @@ batches from its own seed (rank-sharded sampling) and only rank 0 writes or vali
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import math
@@ -305,6 +306,19 @@ def fit(
     checkpoint()
     dist.barrier()  # the next stage reads what rank 0 just wrote
     return step
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags every training CLI shares: split layout, device, threads, bf16, seed, validation and
+    resume-state periods."""
+    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
+    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=500, help="validation period in steps (0: off)")
+    p.add_argument("--ckpt-every-min", type=float, default=5.0, help="resume-state period in minutes")
 
 
 def cli_fail(prog: str, message: str) -> int:
