@@ -71,9 +71,10 @@ def run(args) -> dict:
     from planners.methods import load_method
 
     method = args.method.lower()
+    cem_config = cem.CEMConfig.for_dataset(data_config("nav_come_sim"), n_candidates=args.candidates,
+                                           iterations=args.iterations)  # the shipped models' data: its prior
     planner = load_method(method, args.ckpt, args.device, distance=args.distance, sampler_steps=args.steps,
-                          rollouts=args.rollouts, lpips_weights=args.lpips_weights,
-                          cem_config=cem.CEMConfig(n_candidates=args.candidates, iterations=args.iterations))
+                          rollouts=args.rollouts, lpips_weights=args.lpips_weights, cem_config=cem_config)
     size = planner.world_model.ae.config.image_size if hasattr(planner, "world_model") else 64
     n_ctx = planner.world_model.context if hasattr(planner, "world_model") else 4
     paths = args.context or sorted(map(str, EXAMPLES.glob("context_*.png")))

@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 import envs  # noqa: E402, F401  (registers the env)
 from eval.ate_rpe import METHOD_NAMES  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.data import data_config  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from planners import cem  # noqa: E402
 from planners.methods import MethodUnavailable, load_method  # noqa: E402
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown method(s) {unknown}; choose from {' '.join(METHOD_NAMES)}", file=sys.stderr)
         return 2
     try:
-        cem_cfg = cem.CEMConfig(n_candidates=args.candidates)
+        cem_cfg = cem.CEMConfig.for_dataset(data_config("nav_come_sim"), n_candidates=args.candidates)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ import torch
 
 from nav_come.checkpoint import CONFIG, CheckpointError, read_config
 from nav_come.compose import ComposedDenoiser, rollout
-from nav_come.data.config import METRIC_WAYPOINT_SPACING
+from nav_come.data.config import METRIC_WAYPOINT_SPACING, data_config
 from nav_come.experts import BaseExpert, LTMConfig, LTMExpert, load_expert
 from nav_come.geometry import step_actions, waypoints_from_actions
 from nav_come.memory_bank import EpisodeMemory
@@ -399,7 +399,8 @@ def load_method(
         wm, experts_dir = WorldModel.from_pretrained(ckpt_dir, device=device, sampler_steps=sampler_steps), ckpt_dir
     else:
         wm, experts_dir = _distilled(name, ckpt_dir, Path(distilled), sampler_steps, device)
-    cem_config, goal_distance = cem_config or cem.CEMConfig(), GoalDistance(distance, lpips_weights)
+    cem_config = cem_config or cem.CEMConfig.for_dataset(data_config("nav_come_sim"))  # the shipped models' data
+    goal_distance = GoalDistance(distance, lpips_weights)
     if name in MEMORY_METHODS:
         return _memory_planner(name, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing, alphas)
     return WorldModelPlanner(wm, cem_config, goal_distance, rollouts)
