@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
-    p.add_argument("--steps", type=int, default=5, help="sampler steps per prediction")
+    p.add_argument("--steps", type=int, help="sampler steps per prediction (default: the planners' default, 5)")
     p.add_argument("--candidates", type=int, default=120)
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
     p.add_argument("--rollouts", type=int, default=3, help="stochastic rollouts averaged per candidate")
@@ -68,12 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args) -> dict:
     from nav_come.data.config import data_config
     from planners import cem
-    from planners.methods import load_method
+    from planners.methods import DEFAULT_SAMPLER_STEPS, load_method
 
     method = args.method.lower()
     cem_config = cem.CEMConfig.for_dataset(data_config("nav_come_sim"), n_candidates=args.candidates,
                                            iterations=args.iterations)  # the shipped models' data: its prior
-    planner = load_method(method, args.ckpt, args.device, distance=args.distance, sampler_steps=args.steps,
+    steps = args.steps or DEFAULT_SAMPLER_STEPS
+    planner = load_method(method, args.ckpt, args.device, distance=args.distance, sampler_steps=steps,
                           rollouts=args.rollouts, lpips_weights=args.lpips_weights, cem_config=cem_config)
     size = planner.world_model.ae.config.image_size if hasattr(planner, "world_model") else 64
     n_ctx = planner.world_model.context if hasattr(planner, "world_model") else 4

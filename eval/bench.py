@@ -161,12 +161,13 @@ def bench_memory(ckpt, contexts=MEMORY_CONTEXTS, rows=MEMORY_ROWS, batch: int = 
 
     from eval import memory_table
     from nav_come.compose import rollout
+    from nav_come.data import data_config
     from nav_come.memory_bank import Query
     from nav_come.world_model import WorldModel
     from planners.methods import DEFAULT_NORMALISE
 
     wm = WorldModel.from_pretrained(ckpt)
-    spacing = 0.25
+    spacing = data_config("nav_come_sim").metric_waypoint_spacing
     denoisers, skipped, ltm = memory_table.build(wm, ckpt, {}, DEFAULT_NORMALISE, wm.device, list(rows))
     actions = torch.tensor([[0.8, 0.0, 0.2]]).expand(1, MEMORY_HORIZON, 3)
     per_frame, ltm_rows = [], []

@@ -39,7 +39,7 @@ from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E40
 from nav_come.data import data_config  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from planners import cem  # noqa: E402
-from planners.methods import MethodUnavailable, load_method  # noqa: E402
+from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method  # noqa: E402
 from planners.mpc import MPC, TrackingController  # noqa: E402
 
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64, help="camera resolution; must match the models")
     p.add_argument("--max-steps", type=int, default=80)
     p.add_argument("--seed", type=int, default=0, help="episode seeds are seed, seed+1, …")
-    p.add_argument("--steps", type=int, default=5, help="world-model sampler steps")
+    p.add_argument("--steps", type=int, default=DEFAULT_SAMPLER_STEPS, help="world-model sampler steps")
     p.add_argument("--candidates", type=int, default=120)
     p.add_argument("--rollouts", type=int, default=3)
     p.add_argument("--device", default="cpu")
