@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
     p.add_argument("--rollouts", type=int, default=3)
     p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")
-    p.add_argument("--distance", default="auto", help="auto | lpips | dssim | latent_mse")
+    p.add_argument("--distance", default="auto",
+                   help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal")
     p.add_argument("--lpips-weights")
     p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: rank r on cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=int)

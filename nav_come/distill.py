@@ -59,7 +59,7 @@ from nav_come.dit import DiT
 from nav_come.experts import TRAINED, BaseExpert, MemoryExpert, SpatialExpert
 from nav_come.experts.common import condition_dropout
 from nav_come.io import atomic_write_text
-from nav_come.train_expert import _data, draw_batch
+from nav_come.train_expert import draw_batch, load_training_data
 from nav_come.train_loop import (
     Distributed,
     LoopConfig,
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     @functools.cache  # every round reads the same windows
     def data(context: int, max_shift: int) -> dict:
         spacing = data_config(args.dataset or args.data).metric_waypoint_spacing
-        return _data(args, dist, context, max_shift, spacing)
+        return load_training_data(args, dist, context, max_shift, spacing)
 
     pairs = zip(args.rounds[:-1], args.rounds[1:], strict=True)
     stages = [functools.partial(prepare_round, args, dist, data, n, m) for n, m in pairs]

@@ -124,7 +124,9 @@ def _revisit_share(windows: LatentWindowDataset, weight: float) -> float | None:
     return float(w[w == weight].sum() / w.sum()) if weight != 1.0 else None
 
 
-def _data(args: argparse.Namespace, dist: Distributed, context: int, max_shift: int, spacing: float) -> dict:
+def load_training_data(
+    args: argparse.Namespace, dist: Distributed, context: int, max_shift: int, spacing: float
+) -> dict:
     """Training (and validation) windows and frame stores: {"train": (windows, store), "val": ...}."""
     ae, _ = load_checkpoint(args.base / AE_DIR, "ae", dist.device)
     key, out = checkpoint_hash(args.base / AE_DIR), {}
@@ -169,7 +171,7 @@ def prepare(args: argparse.Namespace, dist: Distributed):
     expert = _expert(args, base, last)
     if args.train == "memory":
         train_only_memory(expert.network, base.patch_embed.weight.shape[1])
-    data = _data(args, dist, expert.network.config.context, expert.network.config.max_shift, spacing)
+    data = load_training_data(args, dist, expert.network.config.context, expert.network.config.max_shift, spacing)
     loop = LoopConfig(args.steps, args.batch_size, args.lr, bf16=args.bf16, val_every=args.val_every,
                       ckpt_every_min=args.ckpt_every_min, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
     share = _revisit_share(data["train"][0], args.revisit_weight)

@@ -2,8 +2,11 @@
 
 ``GoalDistance`` is the perceptual distance between the last imagined frame and
 the goal. It is LPIPS only when the user supplies LPIPS weights; otherwise it is
-an offline distance that says its own name (``1-SSIM``, or MSE between
-autoencoder latents), so a printed cost is never mislabelled.
+an offline distance that says its own name (``1-SSIM``, 1-SSIM at half resolution,
+pixel MSE, MSE between autoencoder latents, or the temporal distance a trained GNM
+predicts from the last imagined frames to the goal, as ViNT scores imagined subgoals),
+so a printed cost is never mislabelled. ``python eval/costs.py --split val`` measures
+which of them ranks CEM candidates best.
 
 ``world_model_cost`` turns a world model and a goal into the cost function the
 CEM planner takes: it rolls every candidate out ``rollouts`` times with a
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from eval.metrics import lpips, lpips_available, ssim
 from nav_come.compose import rollout
@@ -24,34 +28,50 @@ from nav_come.geometry import step_actions, waypoints_from_actions
 from nav_come.memory_bank import EpisodeMemory
 from planners.timing import PlanTimer, section
 
-DISTANCES = ("auto", "lpips", "dssim", "latent_mse")
+DISTANCES = ("auto", "lpips", "dssim", "dssim_half", "pixel_mse", "latent_mse", "temporal")
 
 
 class GoalDistance:
     """Distance from predicted frames (N, 3, H, W) in [0, 1] to one goal frame (3, H, W); lower is closer."""
 
-    def __init__(self, kind: str = "auto", lpips_weights: str | None = None):
+    def __init__(self, kind: str = "auto", lpips_weights: str | None = None, policy=None):
+        """policy: the trained GNM whose distance head the ``temporal`` distance reads."""
         if kind not in DISTANCES:
             raise ValueError(f"unknown goal distance {kind!r}; choose one of {', '.join(DISTANCES)}")
         if kind == "auto":
             kind = "lpips" if lpips_available(lpips_weights) else "dssim"
-        self.kind, self.lpips_weights = kind, lpips_weights
+        if kind == "temporal" and policy is None:
+            raise ValueError("the temporal goal distance needs a trained GNM (checkpoints/<dataset>/gnm)")
+        self.kind, self.lpips_weights, self.policy = kind, lpips_weights, policy
 
     @property
     def name(self) -> str:
-        return {"lpips": "LPIPS", "dssim": "1-SSIM (pixels)", "latent_mse": "MSE of autoencoder latents"}[self.kind]
+        return {"lpips": "LPIPS", "dssim": "1-SSIM (pixels)", "dssim_half": "1-SSIM (pixels, half resolution)",
+                "pixel_mse": "MSE (pixels)", "latent_mse": "MSE of autoencoder latents",
+                "temporal": "GNM temporal distance (steps)"}[self.kind]  # fmt: skip
 
     @property
     def needs_pixels(self) -> bool:
         return self.kind != "latent_mse"
 
+    @property
+    def frames(self) -> int:
+        """How many of the newest imagined frames it reads: the policy's context, else the last one."""
+        return self.policy.config.context_size if self.kind == "temporal" else 1
+
     def __call__(self, pred: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-        """pred: (N, ...) frames or latents; goal: (...) the same kind, one sample. Returns (N,)."""
+        """pred: (N, ...) frames or latents, (N, frames, 3, H, W) for ``temporal``; goal: one
+        frame or latent (...). Returns (N,)."""
+        if self.kind == "temporal":
+            with torch.no_grad():
+                return self.policy.predict(pred, goal.expand(len(pred), *goal.shape))["distance"].to(pred.device)
         goal = goal.to(pred.device, pred.dtype).expand_as(pred)
         if self.kind == "lpips":
             return lpips(pred, goal, weights=self.lpips_weights).flatten()
         if self.kind == "dssim":
             return 1.0 - ssim(pred.clamp(0, 1), goal)
+        if self.kind == "dssim_half":  # the coarse layout, not texture the model cannot know 2 s ahead
+            return 1.0 - ssim(F.avg_pool2d(pred.clamp(0, 1), 2), F.avg_pool2d(goal, 2))
         return (pred - goal).pow(2).flatten(1).mean(1)
 
 
@@ -78,10 +98,13 @@ def _goal_target(world_model, goal: torch.Tensor, distance: GoalDistance, timer:
 
 def _final_cost(world_model, last: torch.Tensor, target: torch.Tensor, distance: GoalDistance, deltas: torch.Tensor,
                 rollouts: int, length_weight: float, timer: PlanTimer | None) -> torch.Tensor:
-    """Last imagined latents (N*R, c, h, w) -> (N,) goal distance averaged over rollouts, plus the length penalty."""
+    """Newest imagined latents (N*R, F, c, h, w), F = distance.frames -> (N,) goal distance averaged over
+    rollouts, plus the length penalty."""
     if distance.needs_pixels:
         with section(timer, "decode"):
-            last = world_model.decode(last)  # (N*R, 3, H, W)
+            last = world_model.decode(last)  # (N*R, F, 3, H, W)
+    if distance.frames == 1:
+        last = last[:, 0]
     with section(timer, "cost"):
         d = distance(last, target).view(deltas.shape[0], rollouts).mean(1)  # (N,)
         return d + length_weight * path_length(deltas).to(d)
@@ -111,7 +134,7 @@ def world_model_cost(
         steps = candidate_motions(deltas, rollouts)  # (N*R, H, 3)
         with section(timer, "denoise"):
             out = world_model.rollout(ctx, steps, generator=generator, decode=False)
-        last = out["latents"][:, -1]  # (N*R, c, h, w): only the final frame is compared
+        last = out["latents"][:, -distance.frames :]  # (N*R, F, c, h, w): the final frame(s) are compared
         return _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
 
     return cost
@@ -141,6 +164,7 @@ def memory_cost(
         steps = candidate_motions(deltas, rollouts).to(world_model.device)  # (N*R, H, 3)
         with section(timer, "denoise"):
             latents = rollout(denoiser, memory, steps, world_model.sampler_steps, generator, world_model.sampler)
-        return _final_cost(world_model, latents[:, -1], target, distance, deltas, rollouts, length_weight, timer)
+        last = latents[:, -distance.frames :]  # (N*R, F, c, h, w)
+        return _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
 
     return cost

@@ -400,7 +400,14 @@ def load_method(
     else:
         wm, experts_dir = _distilled(name, ckpt_dir, Path(distilled), sampler_steps, device)
     cem_config = cem_config or cem.CEMConfig.for_dataset(data_config("nav_come_sim"))  # the shipped models' data
-    goal_distance = GoalDistance(distance, lpips_weights)
+    policy = None
+    if distance == "temporal":
+        from planners.policy_common import load_policy
+
+        gnm = _need(ckpt_dir / "gnm", "GNM (the temporal distance's)", f"python -m planners.train_policy --policy gnm "
+                    f"--data DATA --out {ckpt_dir / 'gnm'}")  # fmt: skip
+        policy = load_policy(gnm, device=device)
+    goal_distance = GoalDistance(distance, lpips_weights, policy)
     if name in MEMORY_METHODS:
         return _memory_planner(name, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing, alphas)
     return WorldModelPlanner(wm, cem_config, goal_distance, rollouts)

@@ -47,7 +47,7 @@ def test_per_step_parameterisation_shapes():
     assert res.waypoints.shape == (8, 3) and res.mean.shape == (8, 3)
 
 
-@pytest.mark.parametrize("kind", ["dssim", "latent_mse"])
+@pytest.mark.parametrize("kind", ["dssim", "dssim_half", "pixel_mse", "latent_mse"])
 def test_world_model_cost_shapes_and_seed(kind):
     wm = tiny_world_model()
     ctx = torch.rand(1, 4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
@@ -56,6 +56,35 @@ def test_world_model_cost_shapes_and_seed(kind):
     costs = [world_model_cost(wm, ctx, goal, GoalDistance(kind), rollouts=2,
                               generator=torch.Generator().manual_seed(0))(deltas) for _ in range(2)]
     assert costs[0].shape == (6,) and torch.equal(costs[0], costs[1]) and torch.isfinite(costs[0]).all()
+
+
+@pytest.mark.parametrize("kind", ["dssim", "dssim_half", "pixel_mse", "latent_mse"])
+def test_goal_distance_is_zero_at_the_goal_only(kind):
+    goal = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    other = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    d = GoalDistance(kind)(torch.cat([goal[None], other]), goal)
+    assert d.shape == (3,) and abs(float(d[0])) < 1e-5 and (d[1:] > 0.01).all()
+
+
+def test_temporal_distance_reads_the_last_context_frames_through_gnm():
+    from planners.policy_common import builtin_policies
+
+    torch.manual_seed(0)
+    gnm_cls = builtin_policies()["gnm"]
+    gnm = gnm_cls(gnm_cls.make_config("tiny")).eval()
+    d = GoalDistance("temporal", policy=gnm)
+    C = gnm.config.context_size
+    assert d.frames == C and d.name == "GNM temporal distance (steps)"
+    frames = torch.rand(3, C, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    goal = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(d(frames, goal), gnm.predict(frames, goal.expand(3, -1, -1, -1))["distance"])
+    wm = tiny_world_model()
+    ctx = torch.rand(1, 4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    deltas = cem.decode(torch.rand(5, 3) * 2 - 1, cem.CEMConfig())
+    cost = world_model_cost(wm, ctx, goal, d, rollouts=2, generator=torch.Generator().manual_seed(0))(deltas)
+    assert cost.shape == (5,) and torch.isfinite(cost).all()
+    with pytest.raises(ValueError, match="needs a trained GNM"):
+        GoalDistance("temporal")
 
 
 def test_goal_distance_never_claims_lpips_without_weights():

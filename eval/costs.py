@@ -1,0 +1,170 @@
+"""Which goal distance ranks CEM candidates best? Measured on the validation split.
+
+python eval/costs.py [--data data/maze] [--split val] [--n-samples 40] [--steps 1] [--seed 0]
+                     [--json out.json]
+
+For each ``navigation_eval`` sample, one NWM-preset CEM iteration's 120 candidates are drawn
+from the dataset's initial distribution (the generator seeded as ``eval/ate_rpe.py`` seeds
+the sample's plan), each is rolled out 3 times by the base world model, ONCE, and the
+final imagined frames are scored by every offline goal distance of
+:class:`planners.cost.GoalDistance` (the temporal one when ``--ckpt`` holds a GNM).
+Per distance it reports what CEM would return, the elite mean's ATE/RPE against the
+ground truth, and how well the distance ranks the candidates: the mean Spearman
+correlation between its cost and each candidate's true ATE (1 = a perfect ranking,
+0 = chance). Two model-free references bracket them: the prior's mean driven blind,
+and the elite mean of the 5 candidates nearest the truth (an oracle).
+
+Choose a planning distance here, on validation worlds, never on the test split.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from eval.ate_rpe import load_sample, load_samples  # noqa: E402
+from eval.metrics import ate, rpe  # noqa: E402
+from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.data import DataFormatError, data_config  # noqa: E402
+from nav_come.geometry import waypoints_from_actions  # noqa: E402
+from nav_come.io import atomic_write_text  # noqa: E402
+from nav_come.world_model import WorldModel  # noqa: E402
+from planners import cem  # noqa: E402
+from planners.cost import DISTANCES, GoalDistance, candidate_motions  # noqa: E402
+from planners.policy_common import load_policy  # noqa: E402
+
+OFFLINE = [d for d in DISTANCES if d not in ("auto", "lpips", "temporal")]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two (N,) arrays (ties broken by order; NaN when one is constant)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def elite_plan(z: torch.Tensor, costs: np.ndarray, cfg: cem.CEMConfig) -> np.ndarray:
+    """CEM's answer after one iteration: the waypoints (H, 3) of the mean of the top-k candidates."""
+    idx = torch.from_numpy(np.argsort(costs, kind="stable")[: cfg.top_k])
+    return waypoints_from_actions(cem.decode(z[idx].mean(0)[None], cfg)[0]).numpy()
+
+
+@torch.no_grad()
+def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cfg: cem.CEMConfig, rollouts: int,
+                 gen: torch.Generator) -> dict:
+    """Every distance's (N,) candidate costs, the candidates z (N, 3) and their true ATEs (N,)."""
+    mean = torch.tensor(cfg.init_mean, dtype=torch.float32).expand(cfg.dim)
+    std = torch.tensor(cfg.init_std, dtype=torch.float32).expand(cfg.dim)
+    z = (mean + std * torch.randn((cfg.n_candidates, *cfg.dim), generator=gen)).clamp(-1, 1)  # as cem.plan draws
+    deltas = cem.decode(z, cfg)  # (N, H, 3)
+    ctx = wm.context_latents(sample["context"], 1)
+    latents = wm.rollout(ctx, candidate_motions(deltas, rollouts), generator=gen, decode=False)["latents"]
+    F = max(d.frames for d in distances)
+    frames = wm.decode(latents[:, -F:])  # (N*R, F, 3, H, W)
+    goal_latent = wm.encode(sample["goal"][None, None].to(wm.device))[0, 0]
+    costs = {}
+    for d in distances:
+        pred, goal = (frames, sample["goal"]) if d.needs_pixels else (latents[:, -1:], goal_latent)
+        pred = pred[:, -d.frames :] if d.frames > 1 else pred[:, -1]
+        costs[d.kind] = d(pred, goal).view(cfg.n_candidates, rollouts).mean(1).float().cpu().numpy()
+    wps = waypoints_from_actions(deltas).numpy()  # (N, H, 3)
+    true_ate = ate(wps[..., :2], np.broadcast_to(sample["gt"][:, :2], wps[..., :2].shape))
+    return {"z": z, "costs": costs, "true_ate": np.asarray(true_ate)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python eval/costs.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data/maze"))
+    p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT)
+    p.add_argument("--split", default="val", help="val (the default; choose settings here) or test")
+    p.add_argument("--split-dir", type=Path)
+    p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
+    p.add_argument("--n-samples", type=int, default=40)
+    p.add_argument("--steps", type=int, default=1, help="the world model's sampler steps")
+    p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", type=Path)
+    return p
+
+
+def run(args) -> dict:
+    cfg = data_config(args.dataset or args.data)
+    sp = cfg.metric_waypoint_spacing
+    cem_cfg = cem.CEMConfig.for_dataset(cfg)
+    wm = WorldModel.from_pretrained(args.ckpt, device=args.device, sampler_steps=args.steps)
+    size = wm.ae.config.image_size
+    samples = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
+    if not samples:
+        raise ValueError(f"no evaluation samples in the {args.split} split of {args.data}")
+    distances = [GoalDistance(k) for k in OFFLINE]
+    if (args.ckpt / "gnm").is_dir():  # the learned temporal distance
+        distances.append(GoalDistance("temporal", policy=load_policy(args.ckpt / "gnm", device=args.device)))
+    kinds = [d.kind for d in distances]
+    names = {d.kind: d.name for d in distances}
+    errs = {k: [] for k in [*kinds, "prior mean (blind)", "oracle top-5"]}
+    rho = {k: [] for k in kinds}
+    prior = waypoints_from_actions(cem.decode(torch.tensor(cem_cfg.init_mean)[None], cem_cfg)[0]).numpy()
+    for i, s in enumerate(tqdm(samples, desc="costs", unit="sample")):
+        sample = load_sample(args.data, s, sp, size)
+        gen = torch.Generator().manual_seed(args.seed * 100_003 + i)  # as eval/ate_rpe.py seeds sample i
+        r = score_sample(wm, sample, distances, cem_cfg, args.rollouts, gen)
+        gt = sample["gt"][:, :2]
+        plans = {k: elite_plan(r["z"], c, cem_cfg) for k, c in r["costs"].items()}
+        plans["prior mean (blind)"] = prior
+        plans["oracle top-5"] = elite_plan(r["z"], r["true_ate"], cem_cfg)
+        for k, wp in plans.items():
+            errs[k].append((ate(wp[:, :2], gt), rpe(wp[:, :2], gt)))
+        for k in kinds:
+            rho[k].append(spearman(r["costs"][k], r["true_ate"]))
+    rows = []
+    for k, e in errs.items():
+        e = np.asarray(e)  # (n, 2)
+        row = {"distance": names.get(k, k), "key": k, "ate": float(e[:, 0].mean()),
+               "rpe": float(e[:, 1].mean()), "ate_m": float(e[:, 0].mean() * sp), "n": len(e)}  # fmt: skip
+        if k in rho:
+            row["spearman"] = float(np.nanmean(rho[k]))
+        rows.append(row)
+    protocol = {"split": args.split, "n_samples": len(samples), "sampler_steps": args.steps, "seed": args.seed,
+                "candidates": cem_cfg.n_candidates, "top_k": cem_cfg.top_k, "rollouts": args.rollouts,
+                "ckpt": str(args.ckpt)}  # fmt: skip
+    return {"rows": rows, "protocol": protocol, "data": str(args.data)}
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'distance':<34} {'ATE':>6} {'RPE':>6} {'ATE (m)':>8} {'rank corr.':>10}"]
+    for r in rows:
+        rho = f"{r['spearman']:>10.3f}" if "spearman" in r else f"{'':>10}"
+        lines.append(f"{r['distance']:<34} {r['ate']:>6.3f} {r['rpe']:>6.3f} {r['ate_m']:>8.3f} {rho}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        out = run(args)
+    except (ValueError, DataFormatError, CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(out["rows"]))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
