@@ -1,7 +1,7 @@
 """Which goal distance ranks CEM candidates best? Measured on the validation split.
 
 python eval/costs.py [--data data/maze] [--split val] [--n-samples 40] [--steps 1] [--seed 0]
-                     [--json out.json]
+                     [--distilled runs/distill] [--json out.json]
 
 For each ``navigation_eval`` sample, one NWM-preset CEM iteration's 120 candidates are drawn
 from the dataset's initial distribution (the generator seeded as ``eval/ate_rpe.py`` seeds
@@ -36,6 +36,7 @@ from eval.ate_rpe import load_sample, load_samples  # noqa: E402
 from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import DataFormatError, data_config  # noqa: E402
+from nav_come.distill import distilled_world_model  # noqa: E402
 from nav_come.geometry import waypoints_from_actions  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
@@ -48,9 +49,9 @@ OFFLINE = [d for d in DISTANCES if d not in ("auto", "lpips", "temporal")]
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Rank correlation of two (N,) arrays (ties broken by order; NaN when one is constant)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    if ra.std() == 0 or rb.std() == 0:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
     p.add_argument("--n-samples", type=int, default=40)
     p.add_argument("--steps", type=int, default=1, help="the world model's sampler steps")
+    p.add_argument("--distilled", type=Path, help="sample with the base distilled for --steps in this folder")
+    p.add_argument("--candidates", type=int, default=120)
+    p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--rollouts", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -103,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> dict:
     cfg = data_config(args.dataset or args.data)
     sp = cfg.metric_waypoint_spacing
-    cem_cfg = cem.CEMConfig.for_dataset(cfg)
-    wm = WorldModel.from_pretrained(args.ckpt, device=args.device, sampler_steps=args.steps)
+    cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k)
+    if args.distilled:
+        wm = distilled_world_model(args.ckpt, args.distilled, args.steps, args.device)
+    else:
+        wm = WorldModel.from_pretrained(args.ckpt, device=args.device, sampler_steps=args.steps)
     size = wm.ae.config.image_size
     samples = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
     if not samples:
@@ -139,7 +146,7 @@ def run(args) -> dict:
         rows.append(row)
     protocol = {"split": args.split, "n_samples": len(samples), "sampler_steps": args.steps, "seed": args.seed,
                 "candidates": cem_cfg.n_candidates, "top_k": cem_cfg.top_k, "rollouts": args.rollouts,
-                "ckpt": str(args.ckpt)}  # fmt: skip
+                "ckpt": str(args.ckpt), "distilled": str(args.distilled) if args.distilled else None}  # fmt: skip
     return {"rows": rows, "protocol": protocol, "data": str(args.data)}
 
 
