@@ -1,7 +1,7 @@
 """Which goal distance ranks CEM candidates best? Measured on the validation split.
 
-python eval/costs.py [--data data/maze] [--split val] [--n-samples 40] [--steps 1] [--seed 0]
-                     [--distilled runs/distill] [--json out.json]
+python eval/costs.py [--data data/maze] [--split val] [--n-samples 40] [--steps 1 2 5] [--seed 0]
+                     [--distilled runs/distill] [--json out.json] [--figure out.png]
 
 For each ``navigation_eval`` sample, one NWM-preset CEM iteration's 120 candidates are drawn
 from the dataset's initial distribution (the generator seeded as ``eval/ate_rpe.py`` seeds
@@ -14,7 +14,11 @@ correlation between its cost and each candidate's true ATE (1 = a perfect rankin
 0 = chance). Two model-free references bracket them: the prior's mean driven blind,
 and the elite mean of the 5 candidates nearest the truth (an oracle).
 
-Choose a planning distance here, on validation worlds, never on the test split.
+With several ``--steps`` (and ``--distilled DIR``: every step count distilled there) the
+same samples and candidates run under each sampler, which gives planning quality against
+sampler steps for every distance at once (``--figure``), with the seconds each sample's
+rollouts took. Choose the planning distance and the default step count here, on
+validation worlds, never on the test split.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -36,7 +41,7 @@ from eval.ate_rpe import load_sample, load_samples  # noqa: E402
 from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import DataFormatError, data_config  # noqa: E402
-from nav_come.distill import distilled_world_model  # noqa: E402
+from nav_come.distill import distilled_steps, distilled_world_model  # noqa: E402
 from nav_come.geometry import waypoints_from_actions  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
@@ -92,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-dir", type=Path)
     p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
     p.add_argument("--n-samples", type=int, default=40)
-    p.add_argument("--steps", type=int, default=1, help="the world model's sampler steps")
-    p.add_argument("--distilled", type=Path, help="sample with the base distilled for --steps in this folder")
+    p.add_argument("--steps", type=int, nargs="+", default=[1], help="the world model's sampler steps (one run each)")
+    p.add_argument("--distilled", type=Path, help="also run the base distilled for each step count in this folder")
     p.add_argument("--candidates", type=int, default=120)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--rollouts", type=int, default=3)
@@ -101,33 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
+    p.add_argument("--figure", type=Path, help="PNG of ATE against sampler steps, per distance")
     return p
 
 
-def run(args) -> dict:
-    cfg = data_config(args.dataset or args.data)
-    sp = cfg.metric_waypoint_spacing
-    cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k)
-    if args.distilled:
-        wm = distilled_world_model(args.ckpt, args.distilled, args.steps, args.device)
-    else:
-        wm = WorldModel.from_pretrained(args.ckpt, device=args.device, sampler_steps=args.steps)
-    size = wm.ae.config.image_size
-    samples = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
-    if not samples:
-        raise ValueError(f"no evaluation samples in the {args.split} split of {args.data}")
-    distances = [GoalDistance(k) for k in OFFLINE]
-    if (args.ckpt / "gnm").is_dir():  # the learned temporal distance
-        distances.append(GoalDistance("temporal", policy=load_policy(args.ckpt / "gnm", device=args.device)))
+def world_models(args) -> list[tuple[str, int, WorldModel]]:
+    """(sampler, steps, world model) for every ``--steps`` (multistep DDIM), then every step count
+    distilled in ``--distilled``."""
+    out = [("multistep", k, WorldModel.from_pretrained(args.ckpt, device=args.device, sampler_steps=k))
+           for k in args.steps]  # fmt: skip
+    for k in distilled_steps(args.distilled) if args.distilled else []:
+        out.append(("distilled", k, distilled_world_model(args.ckpt, args.distilled, k, args.device)))
+    return out
+
+
+def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDistance], cem_cfg, sp: float) -> dict:
+    """One sampler's rows (every distance and the two references) and its median seconds per sample."""
     kinds = [d.kind for d in distances]
     names = {d.kind: d.name for d in distances}
     errs = {k: [] for k in [*kinds, "prior mean (blind)", "oracle top-5"]}
-    rho = {k: [] for k in kinds}
+    rho, seconds = {k: [] for k in kinds}, []
     prior = waypoints_from_actions(cem.decode(torch.tensor(cem_cfg.init_mean)[None], cem_cfg)[0]).numpy()
-    for i, s in enumerate(tqdm(samples, desc="costs", unit="sample")):
+    size = wm.ae.config.image_size
+    for i, s in enumerate(tqdm(samples, desc=f"costs, {wm.sampler_steps} step(s)", unit="sample")):
         sample = load_sample(args.data, s, sp, size)
         gen = torch.Generator().manual_seed(args.seed * 100_003 + i)  # as eval/ate_rpe.py seeds sample i
+        start = time.perf_counter()
         r = score_sample(wm, sample, distances, cem_cfg, args.rollouts, gen)
+        seconds.append(time.perf_counter() - start)
         gt = sample["gt"][:, :2]
         plans = {k: elite_plan(r["z"], c, cem_cfg) for k, c in r["costs"].items()}
         plans["prior mean (blind)"] = prior
@@ -140,14 +146,60 @@ def run(args) -> dict:
     for k, e in errs.items():
         e = np.asarray(e)  # (n, 2)
         row = {"distance": names.get(k, k), "key": k, "ate": float(e[:, 0].mean()),
-               "rpe": float(e[:, 1].mean()), "ate_m": float(e[:, 0].mean() * sp), "n": len(e)}  # fmt: skip
+               "rpe": float(e[:, 1].mean()), "ate_m": float(e[:, 0].mean() * sp), "n": len(e),
+               "per_sample_ate": e[:, 0].tolist()}  # fmt: skip
         if k in rho:
             row["spearman"] = float(np.nanmean(rho[k]))
         rows.append(row)
-    protocol = {"split": args.split, "n_samples": len(samples), "sampler_steps": args.steps, "seed": args.seed,
-                "candidates": cem_cfg.n_candidates, "top_k": cem_cfg.top_k, "rollouts": args.rollouts,
-                "ckpt": str(args.ckpt), "distilled": str(args.distilled) if args.distilled else None}  # fmt: skip
-    return {"rows": rows, "protocol": protocol, "data": str(args.data)}
+    return {"rows": rows, "s_per_sample": float(np.median(seconds))}
+
+
+def run(args) -> dict:
+    cfg = data_config(args.dataset or args.data)
+    sp = cfg.metric_waypoint_spacing
+    cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k)
+    samples = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
+    if not samples:
+        raise ValueError(f"no evaluation samples in the {args.split} split of {args.data}")
+    distances = [GoalDistance(k) for k in OFFLINE]
+    if (args.ckpt / "gnm").is_dir():  # the learned temporal distance
+        distances.append(GoalDistance("temporal", policy=load_policy(args.ckpt / "gnm", device=args.device)))
+    runs = []
+    for sampler, steps, wm in world_models(args):
+        runs.append({"sampler": sampler, "sampler_steps": steps,
+                     **score_run(args, wm, samples, distances, cem_cfg, sp)})  # fmt: skip
+    protocol = {"split": args.split, "n_samples": len(samples), "seed": args.seed, "candidates": cem_cfg.n_candidates,
+                "top_k": cem_cfg.top_k, "rollouts": args.rollouts, "ckpt": str(args.ckpt),
+                "distilled": str(args.distilled) if args.distilled else None}  # fmt: skip
+    return {"runs": runs, "protocol": protocol, "data": str(args.data)}
+
+
+def curve_figure(path: Path, runs: list[dict]) -> None:
+    """ATE of every distance against sampler steps (multistep lines, distilled markers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, key in enumerate(r["key"] for r in runs[0]["rows"]):
+        pts = {s: [(run["sampler_steps"], row["ate"]) for run in runs if run["sampler"] == s
+                   for row in run["rows"] if row["key"] == key] for s in ("multistep", "distilled")}  # fmt: skip
+        name = next(r["distance"] for r in runs[0]["rows"] if r["key"] == key)
+        color = f"C{i}"
+        if pts["multistep"]:
+            ax.plot(*zip(*pts["multistep"], strict=True), "o-", color=color, label=name)
+        if pts["distilled"]:
+            ax.plot(*zip(*pts["distilled"], strict=True), "*", ms=12, color=color)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sampler steps per prediction (stars: distilled)")
+    ax.set_ylabel("ATE (spacing units), one CEM iteration")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -167,9 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataFormatError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_table(out["rows"]))
+    for r in out["runs"]:
+        print(f"\n{r['sampler']}, {r['sampler_steps']} step(s), {r['s_per_sample']:.1f} s per sample "
+              f"({out['protocol']['n_samples']} {out['protocol']['split']} samples)")
+        print(format_table(r["rows"]))
     if args.json:
         atomic_write_text(args.json, json.dumps(out, indent=2))
+    if args.figure:
+        curve_figure(args.figure, out["runs"])
     return 0
 
 

@@ -33,8 +33,11 @@ def test_a_distance_row_is_the_planners_answer(setup, distance, tmp_path):
     """One CEM iteration of eval/ate_rpe.py with that distance, on the same samples and seeds."""
     common = ["--data", str(setup / "data"), "--ckpt", str(setup / "ckpt"), "--split", "val", "--n-samples", "3"]
     out = tmp_path / "costs.json"
-    assert costs.main([*common, *FAST, "--seed", "0", "--json", str(out)]) == 0
-    rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]}
+    fig = tmp_path / "curve.png"
+    assert costs.main([*common, *FAST, "--seed", "0", "--json", str(out), "--figure", str(fig)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["sampler"], r["sampler_steps"]) for r in runs] == [("multistep", 1)] and fig.stat().st_size > 1000
+    rows = {r["key"]: r for r in runs[0]["rows"]}
     assert set(rows) >= {"dssim", "dssim_half", "pixel_mse", "latent_mse", "prior mean (blind)", "oracle top-5"}
     assert all(-1 <= rows[k]["spearman"] <= 1 for k in ("dssim", "latent_mse"))
     args = ate_rpe.build_parser().parse_args([*common, *FAST, "--methods", "NWM", "--seeds", "0", "--iterations",
