@@ -12,7 +12,10 @@ Per distance it reports what CEM would return, the elite mean's ATE/RPE against 
 ground truth, and how well the distance ranks the candidates: the mean Spearman
 correlation between its cost and each candidate's true ATE (1 = a perfect ranking,
 0 = chance). Two model-free references bracket them: the prior's mean driven blind,
-and the elite mean of the 5 candidates nearest the truth (an oracle).
+and the elite mean of the 5 candidates nearest the truth (an oracle). On the
+simulator's data, ``--sim-oracle`` also scores the views the simulator really renders
+at each candidate's waypoints (a perfect world model; ``--sim-only``: those alone),
+which separates what a distance can rank from what the world model imagines.
 
 With several ``--steps`` (and ``--distilled DIR``: every step count distilled there) the
 same samples and candidates run under each sampler, which gives planning quality against
@@ -30,19 +33,21 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from eval.ate_rpe import load_sample, load_samples  # noqa: E402
+from eval.ate_rpe import load_history, load_sample, load_samples  # noqa: E402
 from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import DataFormatError, data_config  # noqa: E402
 from nav_come.distill import distilled_steps, distilled_world_model  # noqa: E402
-from nav_come.geometry import waypoints_from_actions  # noqa: E402
+from nav_come.geometry import se2_compose, waypoints_from_actions  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
 from planners import cem  # noqa: E402
@@ -66,26 +71,57 @@ def elite_plan(z: torch.Tensor, costs: np.ndarray, cfg: cem.CEMConfig) -> np.nda
     return waypoints_from_actions(cem.decode(z[idx].mean(0)[None], cfg)[0]).numpy()
 
 
+def sim_world(data: Path, traj: str) -> tuple[str, int] | None:
+    """(family, world seed) of a trajectory our simulator collected (named ``family_seed_k``), else None."""
+    meta = Path(data) / "dataset.json"
+    if not meta.is_file() or json.loads(meta.read_text()).get("name") != "nav_come_sim":
+        return None
+    family, seed, _ = traj.rsplit("_", 2)
+    return family, int(seed)
+
+
+def true_views(sim, pose: np.ndarray, wps: np.ndarray, frames: int, spacing: float) -> torch.Tensor:
+    """What the camera really sees at the last ``frames`` waypoints of every candidate: (N, F, 3, H, W)
+    in [0, 1], JPEG-compressed as the dataset's frames are. pose: world (x, y, yaw) at t; wps (N, K, 3)
+    in spacing units, robot frame at t."""
+    local = wps[:, -frames:].astype(np.float64) * [spacing, spacing, 1.0]  # (N, F, 3) metres
+    world = se2_compose(np.broadcast_to(pose, local.shape), local)
+    out = np.empty((*world.shape[:2], sim.image_size, sim.image_size, 3), np.uint8)
+    for n, f in np.ndindex(*world.shape[:2]):
+        ok, jpg = cv2.imencode(".jpg", sim.render(world[n, f])[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        out[n, f] = cv2.imdecode(jpg, cv2.IMREAD_COLOR)[..., ::-1]
+    return torch.from_numpy(out).float().div(255).movedim(-1, -3)
+
+
 @torch.no_grad()
 def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cfg: cem.CEMConfig, rollouts: int,
-                 gen: torch.Generator) -> dict:
-    """Every distance's (N,) candidate costs, the candidates z (N, 3) and their true ATEs (N,)."""
+                 gen: torch.Generator, sim=None, spacing: float = 0.25, imagine: bool = True) -> dict:
+    """Every distance's (N,) candidate costs, the candidates z (N, 3) and their true ATEs (N,).
+    With ``sim`` (the sample's simulator world) also every distance on the true views (key ``kind@sim``);
+    ``imagine=False``: only those (no rollouts)."""
     mean = torch.tensor(cfg.init_mean, dtype=torch.float32).expand(cfg.dim)
     std = torch.tensor(cfg.init_std, dtype=torch.float32).expand(cfg.dim)
     z = (mean + std * torch.randn((cfg.n_candidates, *cfg.dim), generator=gen)).clamp(-1, 1)  # as cem.plan draws
     deltas = cem.decode(z, cfg)  # (N, H, 3)
-    ctx = wm.context_latents(sample["context"], 1)
-    latents = wm.rollout(ctx, candidate_motions(deltas, rollouts), generator=gen, decode=False)["latents"]
     F = max(d.frames for d in distances)
-    frames = wm.decode(latents[:, -F:])  # (N*R, F, 3, H, W)
     goal_latent = wm.encode(sample["goal"][None, None].to(wm.device))[0, 0]
     costs = {}
-    for d in distances:
-        pred, goal = (frames, sample["goal"]) if d.needs_pixels else (latents[:, -1:], goal_latent)
-        pred = pred[:, -d.frames :] if d.frames > 1 else pred[:, -1]
-        costs[d.kind] = d(pred, goal).view(cfg.n_candidates, rollouts).mean(1).float().cpu().numpy()
+    if imagine:
+        ctx = wm.context_latents(sample["context"], 1)
+        latents = wm.rollout(ctx, candidate_motions(deltas, rollouts), generator=gen, decode=False)["latents"]
+        frames = wm.decode(latents[:, -F:])  # (N*R, F, 3, H, W)
+        for d in distances:
+            pred, goal = (frames, sample["goal"]) if d.needs_pixels else (latents[:, -1:], goal_latent)
+            pred = pred[:, -d.frames :] if d.frames > 1 else pred[:, -1]
+            costs[d.kind] = d(pred, goal).view(cfg.n_candidates, rollouts).mean(1).float().cpu().numpy()
     wps = waypoints_from_actions(deltas).numpy()  # (N, H, 3)
     true_ate = ate(wps[..., :2], np.broadcast_to(sample["gt"][:, :2], wps[..., :2].shape))
+    if sim is not None:  # the same distances on the views the simulator really renders there
+        views = true_views(sim, sample["pose"], wps, F, spacing)  # (N, F, 3, H, W)
+        for d in distances:
+            pred, goal = (views, sample["goal"]) if d.needs_pixels else (wm.encode(views[:, -1:]), goal_latent)
+            pred = pred[:, -d.frames :] if d.frames > 1 else pred[:, -1]
+            costs[f"{d.kind}@sim"] = d(pred, goal).float().cpu().numpy()
     return {"z": z, "costs": costs, "true_ate": np.asarray(true_ate)}
 
 
@@ -107,12 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
     p.add_argument("--figure", type=Path, help="PNG of ATE against sampler steps, per distance")
+    p.add_argument("--sim-oracle", action="store_true",
+                   help="also score the views the simulator renders at each candidate's waypoints (a perfect world "
+                        "model): separates what the distance can rank from what the world model imagines")
+    p.add_argument("--sim-only", action="store_true", help="with --sim-oracle: only the true views, no rollouts")
     return p
 
 
 def world_models(args) -> list[tuple[str, int, WorldModel]]:
     """(sampler, steps, world model) for every ``--steps`` (multistep DDIM), then every step count
     distilled in ``--distilled``."""
+    if args.sim_only:  # the autoencoder (for the latent distance), no sampler
+        return [("simulator", 0, WorldModel.from_pretrained(args.ckpt, device=args.device))]
     out = [("multistep", k, WorldModel.from_pretrained(args.ckpt, device=args.device, sampler_steps=k))
            for k in args.steps]  # fmt: skip
     for k in distilled_steps(args.distilled) if args.distilled else []:
@@ -122,17 +164,24 @@ def world_models(args) -> list[tuple[str, int, WorldModel]]:
 
 def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDistance], cem_cfg, sp: float) -> dict:
     """One sampler's rows (every distance and the two references) and its median seconds per sample."""
-    kinds = [d.kind for d in distances]
+    kinds = [] if args.sim_only else [d.kind for d in distances]
     names = {d.kind: d.name for d in distances}
+    if args.sim_oracle:
+        names.update({f"{d.kind}@sim": f"{d.name}, true views" for d in distances})
+        kinds += [f"{d.kind}@sim" for d in distances]
     errs = {k: [] for k in [*kinds, "prior mean (blind)", "oracle top-5"]}
     rho, seconds = {k: [] for k in kinds}, []
     prior = waypoints_from_actions(cem.decode(torch.tensor(cem_cfg.init_mean)[None], cem_cfg)[0]).numpy()
     size = wm.ae.config.image_size
-    for i, s in enumerate(tqdm(samples, desc=f"costs, {wm.sampler_steps} step(s)", unit="sample")):
+    for i, s in enumerate(tqdm(samples, desc="costs", unit="sample")):
         sample = load_sample(args.data, s, sp, size)
+        sim = None
+        if args.sim_oracle:
+            sample["pose"] = load_history(args.data, s, 1, size)[1][-1]  # world pose at t
+            sim = simulator(sim_world(args.data, s["traj"]), size)
         gen = torch.Generator().manual_seed(args.seed * 100_003 + i)  # as eval/ate_rpe.py seeds sample i
         start = time.perf_counter()
-        r = score_sample(wm, sample, distances, cem_cfg, args.rollouts, gen)
+        r = score_sample(wm, sample, distances, cem_cfg, args.rollouts, gen, sim, sp, not args.sim_only)
         seconds.append(time.perf_counter() - start)
         gt = sample["gt"][:, :2]
         plans = {k: elite_plan(r["z"], c, cem_cfg) for k, c in r["costs"].items()}
@@ -154,6 +203,13 @@ def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDis
     return {"rows": rows, "s_per_sample": float(np.median(seconds))}
 
 
+@functools.cache
+def simulator(world: tuple[str, int], size: int):
+    from envs.sim import Simulator
+
+    return Simulator(world, size)
+
+
 def run(args) -> dict:
     cfg = data_config(args.dataset or args.data)
     sp = cfg.metric_waypoint_spacing
@@ -161,6 +217,10 @@ def run(args) -> dict:
     samples = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
     if not samples:
         raise ValueError(f"no evaluation samples in the {args.split} split of {args.data}")
+    if args.sim_only and not args.sim_oracle:
+        raise ValueError("--sim-only scores the simulator's views: add --sim-oracle")
+    if args.sim_oracle and sim_world(args.data, samples[0]["traj"]) is None:
+        raise ValueError(f"--sim-oracle needs data collected by this project's simulator; {args.data} is not")
     distances = [GoalDistance(k) for k in OFFLINE]
     if (args.ckpt / "gnm").is_dir():  # the learned temporal distance
         distances.append(GoalDistance("temporal", policy=load_policy(args.ckpt / "gnm", device=args.device)))
@@ -203,10 +263,10 @@ def curve_figure(path: Path, runs: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'distance':<34} {'ATE':>6} {'RPE':>6} {'ATE (m)':>8} {'rank corr.':>10}"]
+    lines = [f"{'distance':<46} {'ATE':>6} {'RPE':>6} {'ATE (m)':>8} {'rank corr.':>10}"]
     for r in rows:
         rho = f"{r['spearman']:>10.3f}" if "spearman" in r else f"{'':>10}"
-        lines.append(f"{r['distance']:<34} {r['ate']:>6.3f} {r['rpe']:>6.3f} {r['ate_m']:>8.3f} {rho}")
+        lines.append(f"{r['distance']:<46} {r['ate']:>6.3f} {r['rpe']:>6.3f} {r['ate_m']:>8.3f} {rho}")
     return "\n".join(lines)
 
 

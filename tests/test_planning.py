@@ -88,7 +88,7 @@ def test_temporal_distance_reads_the_last_context_frames_through_gnm():
 
 
 def test_goal_distance_never_claims_lpips_without_weights():
-    assert GoalDistance("auto").name == "1-SSIM (pixels)"
+    assert GoalDistance("auto").name == "MSE of autoencoder latents"
     with pytest.raises(ValueError, match="unknown goal distance"):
         GoalDistance("l2")
 
