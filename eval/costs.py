@@ -11,11 +11,12 @@ final imagined frames are scored by every offline goal distance of
 Per distance it reports what CEM would return, the elite mean's ATE/RPE against the
 ground truth, and how well the distance ranks the candidates: the mean Spearman
 correlation between its cost and each candidate's true ATE (1 = a perfect ranking,
-0 = chance). Two model-free references bracket them: the prior's mean driven blind,
-and the elite mean of the 5 candidates nearest the truth (an oracle). On the
-simulator's data, ``--sim-oracle`` also scores the views the simulator really renders
-at each candidate's waypoints (a perfect world model; ``--sim-only``: those alone),
-which separates what a distance can rank from what the world model imagines.
+0 = chance), and the same with the error of its final heading ("yaw corr."). Two
+model-free references bracket them: the prior's mean driven blind, and the elite mean
+of the 5 candidates nearest the truth (an oracle). On the simulator's data,
+``--sim-oracle`` also scores the views the simulator really renders at each
+candidate's waypoints (a perfect world model; ``--sim-only``: those alone), which
+separates what a distance can rank from what the world model imagines.
 
 With several ``--steps`` (and ``--distilled DIR``: every step count distilled there) the
 same samples and candidates run under each sampler, which gives planning quality against
@@ -47,7 +48,7 @@ from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import DataFormatError, data_config  # noqa: E402
 from nav_come.distill import distilled_steps, distilled_world_model  # noqa: E402
-from nav_come.geometry import se2_compose, waypoints_from_actions  # noqa: E402
+from nav_come.geometry import se2_compose, waypoints_from_actions, wrap_angle  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
 from planners import cem  # noqa: E402
@@ -122,7 +123,8 @@ def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cf
             pred, goal = (views, sample["goal"]) if d.needs_pixels else (wm.encode(views[:, -1:]), goal_latent)
             pred = pred[:, -d.frames :] if d.frames > 1 else pred[:, -1]
             costs[f"{d.kind}@sim"] = d(pred, goal).float().cpu().numpy()
-    return {"z": z, "costs": costs, "true_ate": np.asarray(true_ate)}
+    yaw_err = np.abs(wrap_angle(wps[:, -1, 2] - float(sample["gt"][-1, 2])))  # (N,) final heading error
+    return {"z": z, "costs": costs, "true_ate": np.asarray(true_ate), "yaw_err": yaw_err}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +172,7 @@ def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDis
         names.update({f"{d.kind}@sim": f"{d.name}, true views" for d in distances})
         kinds += [f"{d.kind}@sim" for d in distances]
     errs = {k: [] for k in [*kinds, "prior mean (blind)", "oracle top-5"]}
-    rho, seconds = {k: [] for k in kinds}, []
+    rho, rho_yaw, seconds = {k: [] for k in kinds}, {k: [] for k in kinds}, []
     prior = waypoints_from_actions(cem.decode(torch.tensor(cem_cfg.init_mean)[None], cem_cfg)[0]).numpy()
     size = wm.ae.config.image_size
     for i, s in enumerate(tqdm(samples, desc="costs", unit="sample")):
@@ -191,6 +193,7 @@ def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDis
             errs[k].append((ate(wp[:, :2], gt), rpe(wp[:, :2], gt)))
         for k in kinds:
             rho[k].append(spearman(r["costs"][k], r["true_ate"]))
+            rho_yaw[k].append(spearman(r["costs"][k], r["yaw_err"]))
     rows = []
     for k, e in errs.items():
         e = np.asarray(e)  # (n, 2)
@@ -199,6 +202,7 @@ def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDis
                "per_sample_ate": e[:, 0].tolist()}  # fmt: skip
         if k in rho:
             row["spearman"] = float(np.nanmean(rho[k]))
+            row["spearman_yaw"] = float(np.nanmean(rho_yaw[k]))
         rows.append(row)
     return {"rows": rows, "s_per_sample": float(np.median(seconds))}
 
@@ -263,9 +267,9 @@ def curve_figure(path: Path, runs: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'distance':<46} {'ATE':>6} {'RPE':>6} {'ATE (m)':>8} {'rank corr.':>10}"]
+    lines = [f"{'distance':<46} {'ATE':>6} {'RPE':>6} {'ATE (m)':>8} {'rank corr.':>10} {'yaw corr.':>9}"]
     for r in rows:
-        rho = f"{r['spearman']:>10.3f}" if "spearman" in r else f"{'':>10}"
+        rho = f"{r['spearman']:>10.3f} {r['spearman_yaw']:>9.3f}" if "spearman" in r else ""
         lines.append(f"{r['distance']:<46} {r['ate']:>6.3f} {r['rpe']:>6.3f} {r['ate_m']:>8.3f} {rho}")
     return "\n".join(lines)
 
