@@ -228,14 +228,16 @@ def run(args) -> dict:
     distances = [GoalDistance(k) for k in OFFLINE]
     if (args.ckpt / "gnm").is_dir():  # the learned temporal distance
         distances.append(GoalDistance("temporal", policy=load_policy(args.ckpt / "gnm", device=args.device)))
-    runs = []
-    for sampler, steps, wm in world_models(args):
-        runs.append({"sampler": sampler, "sampler_steps": steps,
-                     **score_run(args, wm, samples, distances, cem_cfg, sp)})  # fmt: skip
     protocol = {"split": args.split, "n_samples": len(samples), "seed": args.seed, "candidates": cem_cfg.n_candidates,
                 "top_k": cem_cfg.top_k, "rollouts": args.rollouts, "ckpt": str(args.ckpt),
                 "distilled": str(args.distilled) if args.distilled else None}  # fmt: skip
-    return {"runs": runs, "protocol": protocol, "data": str(args.data)}
+    out = {"runs": [], "protocol": protocol, "data": str(args.data)}
+    for sampler, steps, wm in world_models(args):
+        out["runs"].append({"sampler": sampler, "sampler_steps": steps,
+                            **score_run(args, wm, samples, distances, cem_cfg, sp)})  # fmt: skip
+        if args.json:  # after every sampler: a long run that stops keeps what it measured
+            atomic_write_text(args.json, json.dumps(out, indent=2))
+    return out
 
 
 def curve_figure(path: Path, runs: list[dict]) -> None:
