@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
-    p.add_argument("--steps", type=int, help="sampler steps per prediction (default: the planners' default, 5)")
+    p.add_argument("--steps", type=int, help="sampler steps per prediction (default: the planners' default)")
     p.add_argument("--candidates", type=int, default=120)
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
     p.add_argument("--rollouts", type=int, default=3, help="stochastic rollouts averaged per candidate")

@@ -43,10 +43,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from eval.ate_rpe import load_history, load_sample, load_samples  # noqa: E402
+from eval.ate_rpe import load_sample, load_samples  # noqa: E402
 from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.data import DataFormatError, data_config  # noqa: E402
+from nav_come.data import DataFormatError, data_config, poses, read_trajectory  # noqa: E402
 from nav_come.distill import distilled_steps, distilled_world_model  # noqa: E402
 from nav_come.geometry import se2_compose, waypoints_from_actions, wrap_angle  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
@@ -68,8 +68,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def elite_plan(z: torch.Tensor, costs: np.ndarray, cfg: cem.CEMConfig) -> np.ndarray:
     """CEM's answer after one iteration: the waypoints (H, 3) of the mean of the top-k candidates."""
-    idx = torch.from_numpy(np.argsort(costs, kind="stable")[: cfg.top_k])
-    return waypoints_from_actions(cem.decode(z[idx].mean(0)[None], cfg)[0]).numpy()
+    best, _ = cem.elites(z, torch.as_tensor(costs, dtype=torch.float32), cfg.top_k)
+    return waypoints_from_actions(cem.decode(best.mean(0)[None], cfg)[0]).numpy()
 
 
 def sim_world(data: Path, traj: str) -> tuple[str, int] | None:
@@ -100,9 +100,7 @@ def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cf
     """Every distance's (N,) candidate costs, the candidates z (N, 3) and their true ATEs (N,).
     With ``sim`` (the sample's simulator world) also every distance on the true views (key ``kind@sim``);
     ``imagine=False``: only those (no rollouts)."""
-    mean = torch.tensor(cfg.init_mean, dtype=torch.float32).expand(cfg.dim)
-    std = torch.tensor(cfg.init_std, dtype=torch.float32).expand(cfg.dim)
-    z = (mean + std * torch.randn((cfg.n_candidates, *cfg.dim), generator=gen)).clamp(-1, 1)  # as cem.plan draws
+    z = cem.sample(*cem.initial(cfg), cfg, gen)  # as cem.plan draws its first iteration
     deltas = cem.decode(z, cfg)  # (N, H, 3)
     F = max(d.frames for d in distances)
     goal_latent = wm.encode(sample["goal"][None, None].to(wm.device))[0, 0]
@@ -179,7 +177,8 @@ def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDis
         sample = load_sample(args.data, s, sp, size)
         sim = None
         if args.sim_oracle:
-            sample["pose"] = load_history(args.data, s, 1, size)[1][-1]  # world pose at t
+            tr = read_trajectory(args.data / s["traj"], load_images=False)
+            sample["pose"] = poses(tr.position, tr.yaw)[s["t"]]  # world pose at t
             sim = simulator(sim_world(args.data, s["traj"]), size)
         gen = torch.Generator().manual_seed(args.seed * 100_003 + i)  # as eval/ate_rpe.py seeds sample i
         start = time.perf_counter()

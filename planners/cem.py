@@ -106,6 +106,24 @@ class CEMResult:
     elite_costs: torch.Tensor  # (top_k,)
 
 
+def initial(cfg: CEMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first sampling distribution: mean and std, each of shape ``cfg.dim``."""
+    mean = torch.tensor(cfg.init_mean, dtype=torch.float32).expand(cfg.dim).clone()
+    return mean, torch.tensor(cfg.init_std, dtype=torch.float32).expand(cfg.dim).clone()
+
+
+def sample(mean: torch.Tensor, std: torch.Tensor, cfg: CEMConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """One iteration's candidates (N, *dim) in the normalised space."""
+    noise = torch.randn((cfg.n_candidates, *cfg.dim), generator=generator)
+    return (mean + std * noise).clamp(-1, 1)
+
+
+def elites(z: torch.Tensor, costs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``top_k`` cheapest candidates (top_k, *dim) and their costs (top_k,), cheapest first."""
+    elite_costs, idx = torch.topk(costs, top_k, largest=False)
+    return z[idx], elite_costs
+
+
 def plan(
     cost_fn: Callable[[torch.Tensor], torch.Tensor],
     cfg: CEMConfig,
@@ -118,17 +136,13 @@ def plan(
     ``mean``/``std`` warm-start the search (e.g. the previous plan inside MPC); by
     default the sampling starts at cfg.init_mean/init_std.
     """
-    if mean is None:
-        mean = torch.tensor(cfg.init_mean, dtype=torch.float32).expand(cfg.dim).clone()
-    if std is None:
-        std = torch.tensor(cfg.init_std, dtype=torch.float32).expand(cfg.dim).clone()
+    init_mean, init_std = initial(cfg)
+    mean = init_mean if mean is None else mean
+    std = init_std if std is None else std
     for _ in range(cfg.iterations):
-        noise = torch.randn((cfg.n_candidates, *cfg.dim), generator=generator)  # (N, *dim)
-        z = (mean + std * noise).clamp(-1, 1)
-        costs = cost_fn(decode(z, cfg)).float()  # (N,)
-        elite_costs, idx = torch.topk(costs, cfg.top_k, largest=False)
-        elites = z[idx]  # (K, *dim)
-        mean = elites.mean(0)
-        std = (elites.std(0, unbiased=False) if cfg.top_k > 1 else std).clamp_min(cfg.min_std)
+        z = sample(mean, std, cfg, generator)  # (N, *dim)
+        best, elite_costs = elites(z, cost_fn(decode(z, cfg)).float(), cfg.top_k)  # (K, *dim), (K,)
+        mean = best.mean(0)
+        std = (best.std(0, unbiased=False) if cfg.top_k > 1 else std).clamp_min(cfg.min_std)
     deltas = decode(mean[None], cfg)[0]  # (H, 3)
     return CEMResult(waypoints_from_actions(deltas), deltas, mean, std, float(elite_costs[0]), elite_costs)
