@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
     p.add_argument("--rollouts", type=int, default=3, help="stochastic rollouts averaged per candidate")
     p.add_argument("--distance", default="auto",
-                   help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal")
+                   help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal | pose")
     p.add_argument("--lpips-weights", help="TorchScript LPIPS module; without it LPIPS is not used")
     p.add_argument("--figure", default=str(ROOT / "outputs" / "plan.png"))
     p.add_argument("--json", help="write the plan as JSON here")

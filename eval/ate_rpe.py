@@ -54,7 +54,7 @@ from nav_come.distill import resolve_steps  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.train_loop import Distributed  # noqa: E402
 from planners import cem  # noqa: E402
-from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method  # noqa: E402
+from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method, parse_alphas  # noqa: E402
 
 METHOD_NAMES = {"GNM": "gnm", "NoMaD": "nomad", "NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm",
                 "NWM+LTM": "nwm+ltm"}  # fmt: skip
@@ -153,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts", type=int, default=3)
     p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")
     p.add_argument("--distance", default="auto",
-                   help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal")
+                   help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal | pose")
     p.add_argument("--lpips-weights")
+    p.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
+                   help="memory methods: an expert's coefficient (base 1); 0 leaves the expert out")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: rank r on cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
@@ -183,6 +185,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     if args.history < 1:
         raise ValueError(f"--history must be >= 1 frame, got {args.history}")
     device, is_main = (str(dist.device), dist.is_main) if dist is not None else (args.device, True)
+    alphas = parse_alphas(args.alpha)
     cfg = data_config(args.dataset or args.data)
     sp = cfg.metric_waypoint_spacing
     samples_idx = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
@@ -194,7 +197,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     for m in args.methods:
         try:
             planners[m] = load_method(METHOD_NAMES[m], args.ckpt, device, cem_cfg, args.distance, steps, args.rollouts,
-                                      args.lpips_weights, spacing=sp, distilled=args.distilled)  # fmt: skip
+                                      args.lpips_weights, sp, alphas, distilled=args.distilled)  # fmt: skip
         except (MethodUnavailable, ValueError) as err:
             skipped[m] = str(err)
     size = next((p.world_model.ae.config.image_size for p in planners.values() if hasattr(p, "world_model")), 64)
@@ -229,6 +232,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
                 "metric_waypoint_spacing": sp, "ckpt": str(args.ckpt), "distance": distance}  # fmt: skip
     if memory:
         protocol["history"] = args.history
+        protocol["alphas"] = {m: dict(planners[m].denoiser.alphas) for m in memory}  # each composition, as run
     if args.distilled:
         protocol["distilled"] = str(args.distilled)
     return {"rows": rows, "protocol": protocol, "data": str(args.data), "skipped": skipped,

@@ -7,7 +7,8 @@ For each ``navigation_eval`` sample, one NWM-preset CEM iteration's 120 candidat
 from the dataset's initial distribution (the generator seeded as ``eval/ate_rpe.py`` seeds
 the sample's plan), each is rolled out 3 times by the base world model, ONCE, and the
 final imagined frames are scored by every offline goal distance of
-:class:`planners.cost.GoalDistance` (the temporal one when ``--ckpt`` holds a GNM).
+:class:`planners.cost.GoalDistance` (the learned ones whose networks ``--ckpt`` holds:
+the GNM's temporal distance, the pose head's).
 Per distance it reports what CEM would return, the elite mean's ATE/RPE against the
 ground truth, and how well the distance ranks the candidates: the mean Spearman
 correlation between its cost and each candidate's true ATE (1 = a perfect ranking,
@@ -52,10 +53,10 @@ from nav_come.geometry import se2_compose, waypoints_from_actions, wrap_angle  #
 from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
 from planners import cem  # noqa: E402
-from planners.cost import DISTANCES, GoalDistance, candidate_motions  # noqa: E402
-from planners.policy_common import load_policy  # noqa: E402
+from planners.cost import DISTANCES, LEARNED, GoalDistance, candidate_motions  # noqa: E402
+from planners.methods import load_distance  # noqa: E402
 
-OFFLINE = [d for d in DISTANCES if d not in ("auto", "lpips", "temporal")]
+OFFLINE = [d for d in DISTANCES if d not in ("auto", "lpips", *LEARNED)]
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -225,8 +226,8 @@ def run(args) -> dict:
     if args.sim_oracle and sim_world(args.data, samples[0]["traj"]) is None:
         raise ValueError(f"--sim-oracle needs data collected by this project's simulator; {args.data} is not")
     distances = [GoalDistance(k) for k in OFFLINE]
-    if (args.ckpt / "gnm").is_dir():  # the learned temporal distance
-        distances.append(GoalDistance("temporal", policy=load_policy(args.ckpt / "gnm", device=args.device)))
+    distances += [load_distance(k, args.ckpt, args.device) for k, folder in LEARNED.items()
+                  if (args.ckpt / folder).is_dir()]  # the learned ones whose networks are there  # fmt: skip
     protocol = {"split": args.split, "n_samples": len(samples), "seed": args.seed, "candidates": cem_cfg.n_candidates,
                 "top_k": cem_cfg.top_k, "rollouts": args.rollouts, "ckpt": str(args.ckpt),
                 "distilled": str(args.distilled) if args.distilled else None}  # fmt: skip

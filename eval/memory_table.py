@@ -48,7 +48,7 @@ from nav_come.compose import ComposedDenoiser, rollout
 from nav_come.data import DataFormatError, load_frames, one_step_actions, poses, read_trajectory, split_path
 from nav_come.experts import copy_nearest
 from nav_come.memory_bank import EpisodeMemory
-from planners.methods import DEFAULT_ALPHAS, memory_experts
+from planners.methods import default_alphas, memory_experts, parse_alphas  # noqa: F401 (predict.py reads it here)
 
 ROWS: dict[str, tuple[tuple[str, ...], bool]] = {  # row -> (experts, contrastive)
     "Base": (("base",), True),
@@ -56,6 +56,7 @@ ROWS: dict[str, tuple[tuple[str, ...], bool]] = {  # row -> (experts, contrastiv
     "+LTM": (("base", "ltm"), True),
     "+SLTM": (("base", "sltm"), True),
     "+STM+LTM": (("base", "stm", "ltm"), True),
+    "+LTM+SLTM": (("base", "ltm", "sltm"), True),
     "CoME": (("base", "stm", "ltm", "sltm"), True),
     "CoME (no contrast)": (("base", "stm", "ltm", "sltm"), False),
     "Sliding": (("stm",), True),
@@ -312,23 +313,10 @@ def build(world_model, ckpt: Path, alphas: dict, normalise: bool, device, rows=N
         raise ValueError(f"unknown --rows {unknown}; choose from {[*ROWS, COPY_NEAREST]}")
     missing: dict[str, str] = {}
     experts = memory_experts(ckpt, EXPERTS, world_model, device, missing)  # all: the LTM's settings depend on the STM
-    rows, skipped = denoisers(world_model, experts, {**DEFAULT_ALPHAS, **alphas}, normalise, missing, rows)
+    weights = {**default_alphas(world_model.sampler_steps), **alphas}
+    rows, skipped = denoisers(world_model, experts, weights, normalise, missing, rows)
     uses_ltm = any(isinstance(m, ComposedDenoiser) and "ltm" in m.experts for m in rows.values())
     return rows, skipped, experts["ltm"] if uses_ltm else None
-
-
-def parse_alphas(items: list[str]) -> dict[str, float]:
-    """["stm=2", "ltm=1.5"] -> {"stm": 2.0, "ltm": 1.5}; ValueError names the bad item."""
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if name not in DEFAULT_ALPHAS or not value:
-            raise ValueError(f"--alpha takes EXPERT=VALUE with EXPERT in {' '.join(DEFAULT_ALPHAS)}, got {item!r}")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise ValueError(f"--alpha {item!r}: {value!r} is not a number") from None
-    return out
 
 
 def _pm(mean: float, se: float | None, digits: int) -> str:

@@ -317,8 +317,9 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
     out = memory_table.summarise(records, contexts, list(denoisers), model.device)
     print(memory_table.format_table(out["rows"]))
     if args.json:
+        alphas = {**memory_table.default_alphas(steps), **alphas}
         report = {"rows": out["rows"], "skipped": skipped, "data": str(data), "split": args.split, "seed": args.seed,
-                  "n_seq": len(samples), "sampler_steps": steps, "alphas": {**memory_table.DEFAULT_ALPHAS, **alphas},
+                  "n_seq": len(samples), "sampler_steps": steps, "alphas": alphas,
                   "normalise": args.normalise, "ltm": out["ltm"], "peak_memory": out["peak_memory"]}  # fmt: skip
         if args.distilled:
             report["distilled"] = str(args.distilled)

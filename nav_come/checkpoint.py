@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,20 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, kind: str, m
         save_model(model, str(tmp / WEIGHTS))
         atomic_write_text(tmp / CONFIG, json.dumps(header, indent=2) + "\n")
     return Path(directory)
+
+
+def save_checkpoint_files(
+    directory: str | os.PathLike, model: nn.Module, kind: str, metadata: dict | None = None
+) -> Path:
+    """Like :func:`save_checkpoint`, but keeps the other files in ``directory`` (e.g. a training
+    run's ``last/``): the two files are staged beside it and each is replaced atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
+        staged = save_checkpoint(Path(tmp) / "ckpt", model, kind, metadata)
+        for name in (WEIGHTS, CONFIG):  # weights first: a reader never pairs a new config with old weights
+            os.replace(staged / name, directory / name)
+    return directory
 
 
 def _read_header(directory: Path) -> dict:

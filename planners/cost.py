@@ -3,8 +3,10 @@
 ``GoalDistance`` is the perceptual distance between the last imagined frame and
 the goal. It is LPIPS only when the user supplies LPIPS weights; otherwise it is
 an offline distance that says its own name (``1-SSIM``, 1-SSIM at half resolution,
-pixel MSE, MSE between autoencoder latents, or the temporal distance a trained GNM
-predicts from the last imagined frames to the goal, as ViNT scores imagined subgoals),
+pixel MSE, MSE between autoencoder latents, the temporal distance a trained GNM
+predicts from the last imagined frames to the goal, as ViNT scores imagined subgoals, or
+the goal's position and heading that a learned head reads from the last imagined latent
+and the goal's, :mod:`planners.pose_distance`),
 so a printed cost is never mislabelled. ``python eval/costs.py --split val`` measures
 which of them ranks CEM candidates best; ``auto`` without LPIPS weights is the latent
 MSE, chosen there (40 validation samples: it and pixel MSE rank candidates twice as well
@@ -30,31 +32,36 @@ from nav_come.geometry import step_actions, waypoints_from_actions
 from nav_come.memory_bank import EpisodeMemory
 from planners.timing import PlanTimer, section
 
-DISTANCES = ("auto", "lpips", "dssim", "dssim_half", "pixel_mse", "latent_mse", "temporal")
+DISTANCES = ("auto", "lpips", "dssim", "dssim_half", "pixel_mse", "latent_mse", "temporal", "pose")
+LEARNED = {"temporal": "gnm", "pose": "pose"}  # learned distances -> their checkpoint folder
 
 
 class GoalDistance:
     """Distance from predicted frames (N, 3, H, W) in [0, 1] to one goal frame (3, H, W); lower is closer."""
 
-    def __init__(self, kind: str = "auto", lpips_weights: str | None = None, policy=None):
-        """policy: the trained GNM whose distance head the ``temporal`` distance reads."""
+    def __init__(self, kind: str = "auto", lpips_weights: str | None = None, policy=None, pose_head=None):
+        """policy: the trained GNM whose distance head the ``temporal`` distance reads; pose_head:
+        the :class:`~planners.pose_distance.PoseHead` of the ``pose`` distance."""
         if kind not in DISTANCES:
             raise ValueError(f"unknown goal distance {kind!r}; choose one of {', '.join(DISTANCES)}")
         if kind == "auto":
             kind = "lpips" if lpips_available(lpips_weights) else "latent_mse"
         if kind == "temporal" and policy is None:
             raise ValueError("the temporal goal distance needs a trained GNM (checkpoints/<dataset>/gnm)")
-        self.kind, self.lpips_weights, self.policy = kind, lpips_weights, policy
+        if kind == "pose" and pose_head is None:
+            raise ValueError("the pose goal distance needs a trained pose head (checkpoints/<dataset>/pose)")
+        self.kind, self.lpips_weights, self.policy, self.pose_head = kind, lpips_weights, policy, pose_head
 
     @property
     def name(self) -> str:
         return {"lpips": "LPIPS", "dssim": "1-SSIM (pixels)", "dssim_half": "1-SSIM (pixels, half resolution)",
                 "pixel_mse": "MSE (pixels)", "latent_mse": "MSE of autoencoder latents",
-                "temporal": "GNM temporal distance (steps)"}[self.kind]  # fmt: skip
+                "temporal": "GNM temporal distance (steps)",
+                "pose": "learned goal pose from latents (spacing units)"}[self.kind]  # fmt: skip
 
     @property
     def needs_pixels(self) -> bool:
-        return self.kind != "latent_mse"
+        return self.kind not in ("latent_mse", "pose")
 
     @property
     def frames(self) -> int:
@@ -68,6 +75,8 @@ class GoalDistance:
             with torch.no_grad():
                 return self.policy.predict(pred, goal.expand(len(pred), *goal.shape))["distance"].to(pred.device)
         goal = goal.to(pred.device, pred.dtype).expand_as(pred)
+        if self.kind == "pose":
+            return self.pose_head.distance(pred, goal).to(pred.device)
         if self.kind == "lpips":
             return lpips(pred, goal, weights=self.lpips_weights).flatten()
         if self.kind == "dssim":

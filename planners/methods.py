@@ -43,12 +43,16 @@ from nav_come.experts import BaseExpert, LTMConfig, LTMExpert, load_expert
 from nav_come.geometry import step_actions, waypoints_from_actions
 from nav_come.memory_bank import EpisodeMemory
 from planners import cem
-from planners.cost import GoalDistance, memory_cost, world_model_cost
+from planners.cost import DISTANCES, GoalDistance, memory_cost, world_model_cost
 from planners.timing import PlanTimer, section
 
 METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm")
 MEMORY_METHODS = {"come": ("stm", "ltm", "sltm"), "nwm+stm": ("stm",), "nwm+ltm": ("ltm",)}  # besides the base
 DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}  # DESIGN §1: about 2 for memory experts
+# With ONE sampler step the contrastive term has no later step to correct its extrapolation: on the
+# validation worlds (README, "Memory experts") alpha 2 put +STM, +SLTM and CoME 5-6 dB BELOW the base
+# at 1 DDIM step, alpha 1 put every composition above it. ``default_alphas`` picks by the step count.
+ONE_STEP_ALPHA = 1.0
 # Composed coefficients scaled to sum to 1 (a geometric mixture). Chosen on the validation worlds
 # (README, "Memory experts"): the plain sum of four experts' scores at 5 DDIM steps fell 4.6 dB
 # below the base, the normalised one rose 0.6 dB above it.
@@ -250,6 +254,27 @@ def _need(folder: Path, what: str, command: str) -> Path:
     return folder
 
 
+def load_distance(kind: str, ckpt_dir: str | Path, device: str = "cpu", lpips_weights: str | None = None):
+    """The :class:`GoalDistance` ``kind``, with the trained network a learned one reads from ``ckpt_dir``
+    (``temporal``: the GNM in gnm/; ``pose``: the pose head in pose/)."""
+    if kind not in DISTANCES:
+        raise ValueError(f"unknown goal distance {kind!r}; choose one of {', '.join(DISTANCES)}")
+    ckpt_dir = Path(ckpt_dir)
+    if kind == "temporal":
+        from planners.policy_common import load_policy
+
+        gnm = _need(ckpt_dir / "gnm", "GNM (the temporal distance's)", f"python -m planners.train_policy --policy gnm "
+                    f"--data DATA --out {ckpt_dir / 'gnm'}")  # fmt: skip
+        return GoalDistance(kind, policy=load_policy(gnm, device=device))
+    if kind == "pose":
+        from planners.pose_distance import load_pose_head
+
+        head = _need(ckpt_dir / "pose", "pose head (the pose distance's)", f"python -m planners.pose_distance "
+                     f"--data DATA --ckpt {ckpt_dir} --out {ckpt_dir / 'pose'}")  # fmt: skip
+        return GoalDistance(kind, pose_head=load_pose_head(head, device))
+    return GoalDistance(kind, lpips_weights)
+
+
 # ---------------------------------------------------------------------- memory experts
 
 
@@ -336,10 +361,32 @@ def expert_spacing(ckpt_dir: str | Path, names) -> float | None:
     return None
 
 
+def parse_alphas(items: list[str]) -> dict[str, float]:
+    """["stm=2", "ltm=1.5"] -> {"stm": 2.0, "ltm": 1.5}; ValueError names the bad item."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in DEFAULT_ALPHAS or not value:
+            raise ValueError(f"--alpha takes EXPERT=VALUE with EXPERT in {' '.join(DEFAULT_ALPHAS)}, got {item!r}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--alpha {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def default_alphas(sampler_steps: int) -> dict[str, float]:
+    """The experts' coefficients (base 1) for a sampler with this many steps: ``DEFAULT_ALPHAS``,
+    or ``ONE_STEP_ALPHA`` for every memory expert with a one-step sampler."""
+    if sampler_steps > 1:
+        return dict(DEFAULT_ALPHAS)
+    return {n: 1.0 if n == "base" else ONE_STEP_ALPHA for n in DEFAULT_ALPHAS}
+
+
 def _memory_planner(name, ckpt_dir: Path, wm, device, cem_config, distance, rollouts, spacing, alphas):
-    names = MEMORY_METHODS[name]
+    alphas = {**default_alphas(wm.sampler_steps), **(alphas or {})}
+    names = tuple(n for n in MEMORY_METHODS[name] if alphas[n] != 0)  # alpha 0 leaves an expert out
     experts = memory_experts(ckpt_dir, names, wm, device)
-    alphas = {**DEFAULT_ALPHAS, **(alphas or {})}
     composed = ComposedDenoiser(experts, {n: alphas[n] for n in experts}, normalise=DEFAULT_NORMALISE,
                                 schedule=wm.schedule, bf16=wm.bf16)  # fmt: skip
     spacing = spacing or expert_spacing(ckpt_dir, names) or METRIC_WAYPOINT_SPACING["nav_come_sim"]
@@ -376,7 +423,7 @@ def load_method(
 
     spacing: metres per step of the data planned on (memory methods place observed poses with
     it; default: the experts' training data, else the simulator's); alphas: {expert: alpha}
-    of a memory method (default ``DEFAULT_ALPHAS``); distilled: a folder of distilled networks
+    of a memory method (default ``default_alphas(sampler_steps)``); distilled: a folder of distilled networks
     (see the module docstring) whose ``sampler_steps`` ones replace the base and the experts.
     """
     name = name.lower()
@@ -403,14 +450,7 @@ def load_method(
     else:
         wm, experts_dir = _distilled(name, ckpt_dir, Path(distilled), sampler_steps, device)
     cem_config = cem_config or cem.CEMConfig.for_dataset(data_config("nav_come_sim"))  # the shipped models' data
-    policy = None
-    if distance == "temporal":
-        from planners.policy_common import load_policy
-
-        gnm = _need(ckpt_dir / "gnm", "GNM (the temporal distance's)", f"python -m planners.train_policy --policy gnm "
-                    f"--data DATA --out {ckpt_dir / 'gnm'}")  # fmt: skip
-        policy = load_policy(gnm, device=device)
-    goal_distance = GoalDistance(distance, lpips_weights, policy)
+    goal_distance = load_distance(distance, ckpt_dir, device, lpips_weights)
     if name in MEMORY_METHODS:
         return _memory_planner(name, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing, alphas)
     return WorldModelPlanner(wm, cem_config, goal_distance, rollouts)

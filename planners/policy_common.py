@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nav_come.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_checkpoint, read_config, register_kind
-from nav_come.checkpoint import save_checkpoint as _save_checkpoint
+from nav_come.checkpoint import CheckpointError, load_checkpoint, read_config, register_kind, save_checkpoint_files
 from nav_come.data import poses
 from nav_come.geometry import actions_from_waypoints, se2_relative
 
@@ -256,13 +254,7 @@ class Policy(nn.Module):
     def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``directory``; other files
         there (e.g. a training run's ``last/``) are kept. Each file is replaced atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
-            staged = _save_checkpoint(Path(tmp) / "ckpt", self, self.name, metadata)
-            for name in (WEIGHTS, CONFIG):  # weights first: a reader never pairs a new config with old weights
-                os.replace(staged / name, directory / name)
-        return directory
+        return save_checkpoint_files(directory, self, self.name, metadata)
 
 
 POLICIES: dict[str, type[Policy]] = {}  # name -> class; filled by @register_policy (planners.gnm, planners.nomad)

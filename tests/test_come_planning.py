@@ -11,7 +11,16 @@ from eval import ate_rpe
 from nav_come.checkpoint import CheckpointError
 from nav_come.data import poses, read_trajectory
 from planners import cem
-from planners.methods import MemoryPlanner, MethodUnavailable, PlanResult, load_method, ltm_expert
+from planners.methods import (
+    DEFAULT_ALPHAS,
+    ONE_STEP_ALPHA,
+    MemoryPlanner,
+    MethodUnavailable,
+    PlanResult,
+    default_alphas,
+    load_method,
+    ltm_expert,
+)
 
 FAST = ["--candidates", "6", "--top-k", "2", "--rollouts", "1", "--steps", "2"]
 
@@ -134,3 +143,20 @@ def test_navigate_feeds_the_frames_it_sees_into_come_memory(setup, tmp_path, mon
     starts = [n for n, _, append in seen if not append]
     assert len(starts) == 2 and starts[1] > 1  # episode 2 is a revisit: the drive from the goal is remembered
     assert any(append for _, _, append in seen)  # frames seen while driving are appended
+
+
+def test_alpha_zero_leaves_an_expert_out_of_the_composition(setup):
+    cfg = cem.CEMConfig(n_candidates=6, top_k=2)
+    p = load_method("come", setup["root"] / "ckpt", cem_config=cfg, distance="dssim", sampler_steps=2,
+                    alphas={"stm": 0.0, "sltm": 3.0})  # fmt: skip
+    assert p.denoiser.alphas == {"base": 1.0, "ltm": 2.0, "sltm": 3.0}
+    with pytest.raises(ValueError, match="--alpha"):
+        ate_rpe.run(ate_rpe.build_parser().parse_args(["--data", "x", "--alpha", "bogus=1"]))
+
+
+def test_one_step_samplers_compose_with_their_own_alphas(setup):
+    assert default_alphas(5) == DEFAULT_ALPHAS
+    assert default_alphas(1) == {"base": 1.0, **dict.fromkeys(("stm", "ltm", "sltm"), ONE_STEP_ALPHA)}
+    cfg = cem.CEMConfig(n_candidates=6, top_k=2)
+    p = load_method("come", setup["root"] / "ckpt", cem_config=cfg, distance="dssim", sampler_steps=1)
+    assert p.denoiser.alphas == {"base": 1.0, "stm": ONE_STEP_ALPHA, "ltm": ONE_STEP_ALPHA, "sltm": ONE_STEP_ALPHA}
