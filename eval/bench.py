@@ -324,9 +324,19 @@ def time_plan(planner, episode: dict, seed: int) -> tuple[float, dict]:
     return total, {**split, "cem": max(total - sum(split.values()), 0.0)}
 
 
+def set_steps(planner, steps: int) -> None:
+    """Sample with ``steps`` sampler steps; a composition takes that step count's default alphas
+    (``planners.methods.default_alphas``), as ``load_method`` would give it."""
+    from planners.methods import default_alphas
+
+    planner.world_model.sampler_steps = steps
+    if (composed := getattr(planner, "denoiser", None)) is not None:
+        composed.alphas = {n: default_alphas(steps)[n] for n in composed.experts}
+
+
 def bench_row(planner, episode: dict, steps: int, plans: int, unbatched: bool = False) -> dict:
     """Median time, split, forwards and batches of ``plans`` plans at ``steps`` sampler steps."""
-    planner.world_model.sampler_steps = steps
+    set_steps(planner, steps)
     composed, networks = getattr(planner, "denoiser", None), plan_networks(planner)
     times, splits = [], []
     for i in range(plans):
@@ -365,7 +375,7 @@ def _observe(planner, episode: dict) -> dict:
 
 def _method_rows(label: str, planner, sampler: str, steps: list[int], plans: int, episode: dict, unbatched: bool,
                  extra: dict, log) -> list[dict]:  # fmt: skip
-    planner.world_model.sampler_steps = min(steps)
+    set_steps(planner, min(steps))
     time_plan(planner, episode, 0)  # warm-up: allocations and kernels for these batch shapes
     rows = []
     for s in steps:
