@@ -331,7 +331,8 @@ def set_steps(planner, steps: int) -> None:
 
     planner.world_model.sampler_steps = steps
     if (composed := getattr(planner, "denoiser", None)) is not None:
-        composed.alphas = {n: default_alphas(steps)[n] for n in composed.experts}
+        alphas = default_alphas(steps)
+        composed.alphas = {n: alphas[n] for n in composed.experts}
 
 
 def bench_row(planner, episode: dict, steps: int, plans: int, unbatched: bool = False) -> dict:

@@ -48,7 +48,7 @@ from nav_come.compose import ComposedDenoiser, rollout
 from nav_come.data import DataFormatError, load_frames, one_step_actions, poses, read_trajectory, split_path
 from nav_come.experts import copy_nearest
 from nav_come.memory_bank import EpisodeMemory
-from planners.methods import default_alphas, memory_experts, parse_alphas  # noqa: F401 (predict.py reads it here)
+from planners.methods import default_alphas, memory_experts
 
 ROWS: dict[str, tuple[tuple[str, ...], bool]] = {  # row -> (experts, contrastive)
     "Base": (("base",), True),

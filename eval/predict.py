@@ -72,7 +72,7 @@ from nav_come.distill import distilled_dir, distilled_world_model, resolve_steps
 from nav_come.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from nav_come.train_loop import Distributed  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
-from planners.methods import DEFAULT_NORMALISE  # noqa: E402
+from planners.methods import DEFAULT_NORMALISE, default_alphas, parse_alphas  # noqa: E402
 
 HORIZONS = (1, 2, 4, 8)
 MEMORY_DATA = SHIPPED_CHECKPOINT.parents[1] / "data" / "maze"  # --memory without --data
@@ -289,7 +289,7 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
             raise ValueError(f"--n-seq and --steps must be >= 1, got {args.n_seq} and {args.steps}")
         if not data.is_dir():
             raise ValueError(f"data folder {data} does not exist; pass --data DIR")
-        alphas = memory_table.parse_alphas(args.alpha)
+        alphas = parse_alphas(args.alpha)
         model, experts_dir, steps = load_model(args, dist.device)
         if min(args.context) < model.context:
             raise ValueError(f"--context values must be >= {model.context} (the model's context), got {args.context}")
@@ -317,7 +317,7 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
     out = memory_table.summarise(records, contexts, list(denoisers), model.device)
     print(memory_table.format_table(out["rows"]))
     if args.json:
-        alphas = {**memory_table.default_alphas(steps), **alphas}
+        alphas = {**default_alphas(steps), **alphas}
         report = {"rows": out["rows"], "skipped": skipped, "data": str(data), "split": args.split, "seed": args.seed,
                   "n_seq": len(samples), "sampler_steps": steps, "alphas": alphas,
                   "normalise": args.normalise, "ltm": out["ltm"], "peak_memory": out["peak_memory"]}  # fmt: skip

@@ -43,7 +43,7 @@ from nav_come.experts import BaseExpert, LTMConfig, LTMExpert, load_expert
 from nav_come.geometry import step_actions, waypoints_from_actions
 from nav_come.memory_bank import EpisodeMemory
 from planners import cem
-from planners.cost import DISTANCES, GoalDistance, memory_cost, world_model_cost
+from planners.cost import GoalDistance, memory_cost, world_model_cost
 from planners.timing import PlanTimer, section
 
 METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm")
@@ -257,8 +257,6 @@ def _need(folder: Path, what: str, command: str) -> Path:
 def load_distance(kind: str, ckpt_dir: str | Path, device: str = "cpu", lpips_weights: str | None = None):
     """The :class:`GoalDistance` ``kind``, with the trained network a learned one reads from ``ckpt_dir``
     (``temporal``: the GNM in gnm/; ``pose``: the pose head in pose/)."""
-    if kind not in DISTANCES:
-        raise ValueError(f"unknown goal distance {kind!r}; choose one of {', '.join(DISTANCES)}")
     ckpt_dir = Path(ckpt_dir)
     if kind == "temporal":
         from planners.policy_common import load_policy
@@ -383,9 +381,7 @@ def default_alphas(sampler_steps: int) -> dict[str, float]:
     return {n: 1.0 if n == "base" else ONE_STEP_ALPHA for n in DEFAULT_ALPHAS}
 
 
-def _memory_planner(name, ckpt_dir: Path, wm, device, cem_config, distance, rollouts, spacing, alphas):
-    alphas = {**default_alphas(wm.sampler_steps), **(alphas or {})}
-    names = tuple(n for n in MEMORY_METHODS[name] if alphas[n] != 0)  # alpha 0 leaves an expert out
+def _memory_planner(name, names, ckpt_dir: Path, wm, device, cem_config, distance, rollouts, spacing, alphas):
     experts = memory_experts(ckpt_dir, names, wm, device)
     composed = ComposedDenoiser(experts, {n: alphas[n] for n in experts}, normalise=DEFAULT_NORMALISE,
                                 schedule=wm.schedule, bf16=wm.bf16)  # fmt: skip
@@ -393,13 +389,13 @@ def _memory_planner(name, ckpt_dir: Path, wm, device, cem_config, distance, roll
     return MemoryPlanner(wm, composed, cem_config, distance, rollouts, spacing, name=LABELS[name])
 
 
-def _distilled(name: str, ckpt_dir: Path, root: Path, steps: int, device):
+def _distilled(names: tuple[str, ...], ckpt_dir: Path, root: Path, steps: int, device):
     """The world model on the base distilled for ``steps`` DDIM steps, and the folder of the
     distilled experts (MethodUnavailable when one the method needs is missing)."""
     from nav_come.distill import distilled_dir, distilled_world_model
 
     folder = distilled_dir(root, steps)
-    for expert in ("base", *MEMORY_METHODS.get(name, ())):
+    for expert in ("base", *names):
         if expert != "ltm":
             command = f"python -m nav_come.distill --expert {expert} --ckpt {ckpt_dir} --data DATA --out {root}"
             _need(folder / expert, f"{steps}-step distilled {expert}", command)
@@ -442,15 +438,18 @@ def load_method(
     from nav_come.world_model import WorldModel
 
     _need(ckpt_dir / "base", "world model", f"python -m nav_come.train --data DATA --out {ckpt_dir}")
-    for expert in MEMORY_METHODS.get(name, ()):
+    alphas = {**default_alphas(sampler_steps), **(alphas or {})}
+    names = tuple(n for n in MEMORY_METHODS.get(name, ()) if alphas[n] != 0)  # alpha 0 leaves an expert out
+    for expert in names:
         if expert != "ltm":
             _expert_folder(ckpt_dir, expert, f"{LABELS[name]}'s {expert.upper()} expert")
     if distilled is None:
         wm, experts_dir = WorldModel.from_pretrained(ckpt_dir, device=device, sampler_steps=sampler_steps), ckpt_dir
     else:
-        wm, experts_dir = _distilled(name, ckpt_dir, Path(distilled), sampler_steps, device)
+        wm, experts_dir = _distilled(names, ckpt_dir, Path(distilled), sampler_steps, device)
     cem_config = cem_config or cem.CEMConfig.for_dataset(data_config("nav_come_sim"))  # the shipped models' data
     goal_distance = load_distance(distance, ckpt_dir, device, lpips_weights)
     if name in MEMORY_METHODS:
-        return _memory_planner(name, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing, alphas)
+        return _memory_planner(name, names, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing,
+                               alphas)  # fmt: skip
     return WorldModelPlanner(wm, cem_config, goal_distance, rollouts)

@@ -48,7 +48,7 @@ from nav_come.checkpoint import (
     save_checkpoint_files,
 )
 from nav_come.data import data_config, split_path
-from nav_come.geometry import se2_relative
+from nav_come.geometry import se2_relative, wrap_angle
 from nav_come.latents import LatentSet, encode_split
 from nav_come.train_loop import Distributed, LoopConfig, add_run_args, fit, run_stages, setup_distributed
 
@@ -150,7 +150,7 @@ class PairSampler:
         partners = np.empty(n, dtype=np.int64)
         for k, (a, v) in enumerate(zip(anchors, u, strict=True)):
             span = self.set.trajectory(int(self.traj[a]))
-            turn = np.abs(np.angle(np.exp(1j * (self.poses[span, 2] - self.poses[a, 2]))))
+            turn = np.abs(wrap_angle(self.poses[span, 2] - self.poses[a, 2]))
             dist = np.linalg.norm(self.poses[span, :2] - self.poses[a, :2], axis=1)
             near = np.flatnonzero((dist <= self.radius) & (turn <= self.max_turn + 1e-9))
             partners[k] = span.start + near[min(int(v * len(near)), len(near) - 1)]
@@ -177,8 +177,8 @@ def evaluate(model: PoseHead, batch: tuple[torch.Tensor, ...]) -> dict[str, floa
     pred = torch.cat([model(o, gl) for o, gl in zip(obs.split(512), goal.split(512), strict=True)])
     xy = (pred[:, :2] - labels[:, :2]).norm(dim=1).mean()
     zero = labels[:, :2].norm(dim=1).mean()  # the error of always answering "here"
-    dyaw = torch.atan2(pred[:, 3], pred[:, 2]) - torch.atan2(labels[:, 3], labels[:, 2])
-    yaw = torch.rad2deg(torch.atan2(dyaw.sin(), dyaw.cos()).abs()).mean()
+    dyaw = wrap_angle(torch.atan2(pred[:, 3], pred[:, 2]) - torch.atan2(labels[:, 3], labels[:, 2]))
+    yaw = torch.rad2deg(dyaw.abs()).mean()
     return {"val_xy_error": float(xy), "val_xy_error_of_zero": float(zero), "val_yaw_error_deg": float(yaw)}
 
 
@@ -209,7 +209,6 @@ def prepare(args: argparse.Namespace, dist: Distributed):
     key = checkpoint_hash(args.ckpt / "ae")
     spacing = data_config(args.dataset or args.data).metric_waypoint_spacing
     kw = dict(split_dir=args.split_dir, dataset=args.dataset)
-    cache = args.cache
     last = args.out / "last"
     if (last / "model" / CONFIG).is_file():  # a resumed run keeps its config
         config = read_config(last / "model", KIND)[1]
@@ -219,10 +218,10 @@ def prepare(args: argparse.Namespace, dist: Distributed):
         config = PoseHeadConfig(c.latent_channels, size, max_distance=args.max_distance, max_turn=args.max_turn,
                                 yaw_weight=args.yaw_weight)  # fmt: skip
     pairs = dict(max_distance=config.max_distance, max_turn=config.max_turn)
-    train = PairSampler(encode_split(ae, key, args.data, "train", cache, **kw), spacing, **pairs, flip=True)
+    train = PairSampler(encode_split(ae, key, args.data, "train", args.cache, **kw), spacing, **pairs, flip=True)
     val_batch, val_metrics = None, {}
     if split_path(args.data, "val", args.split_dir, args.dataset).is_file():
-        val = PairSampler(encode_split(ae, key, args.data, "val", cache, **kw), spacing, **pairs)
+        val = PairSampler(encode_split(ae, key, args.data, "val", args.cache, **kw), spacing, **pairs)
         val_batch = val.draw(VAL_PAIRS, torch.Generator().manual_seed(1234))
     loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.05, warmup=100,
                       ema_decay=0.999, bf16=args.bf16, val_every=args.val_every, ckpt_every_min=args.ckpt_every_min,
