@@ -28,9 +28,11 @@ conditional branch when both run on the base network with the same context), gro
 is left by network and runs each group as ONE forward over the concatenated batch, with a
 per-sample LoRA mask. ``batched=False`` runs every (distinct) branch as its own forward,
 ``dedup=False`` evaluates duplicates again; both False is the reference the batched path is
-tested against, and the "before" count of the planning benchmark. (One forward of n·B
-samples is not always faster than n forwards of B: on a CPU, at B in the hundreds and with a
-LoRA mask over half the batch, it can be slower; ``eval.bench plan --unbatched`` measures it.)
+tested against, and the "before" count of the planning benchmark. One forward of n·B
+samples is not always faster than n forwards of B: on this 2-core CPU a DiT forward of 720
+samples takes 1.2× (one thread) to 1.4× (two) the time of two of 360, so ``max_batch`` caps
+a batched forward (the planners set :data:`CPU_MAX_BATCH` on a CPU, none on a GPU; a branch
+larger than the cap still runs whole). ``eval.bench plan --unbatched`` measures the rest.
 ``stats``/``last`` count the forwards and the samples they ran, and the branches asked for
 (what a composition without batching or dedup runs as forwards).
 """
@@ -52,6 +54,7 @@ from nav_come.memory_bank import EpisodeMemory, Query
 from nav_come.world_model import autocast
 
 Alpha = float | Callable[[Any], "float | torch.Tensor"]
+CPU_MAX_BATCH = 512  # samples per forward on a CPU: 120 candidates × 3 rollouts, not two of them
 
 
 @dataclass(eq=False)
@@ -132,11 +135,13 @@ def run_branches(
     stats: ForwardStats | None = None,
     batched: bool = True,
     dedup: bool = True,
+    max_batch: int | None = None,
 ) -> list[torch.Tensor]:
     """v (B, ...) float32 of every branch, with one forward per distinct network.
 
     x_t: (B, ...); t: (B,) or scalar. Duplicate branches are evaluated once (``dedup``), and the
-    branches of one network run as one forward (``batched``; False: one forward per branch).
+    branches of one network run as one forward (``batched``; False: one forward per branch) of
+    at most ``max_batch`` samples where that allows more than one branch (None: no limit).
     """
     B = x_t.shape[0]
     t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).expand(B)
@@ -145,8 +150,9 @@ def run_branches(
     groups: dict[object, list[int]] = {}
     for i in sorted(set(source)):
         groups.setdefault(id(branches[i].network) if batched else i, []).append(i)
+    per = max(1, max_batch // B) if max_batch else len(branches)  # branches per forward
     out: dict[int, torch.Tensor] = {}
-    for members in groups.values():
+    for members in (g[k : k + per] for g in groups.values() for k in range(0, len(g), per)):
         net, n = branches[members[0]].network, len(members)
         kwargs = _merge([branches[i].kwargs for i in members], B, getattr(net, "broadcast_kwargs", ()), x_t.device)
         adapter = torch.tensor([branches[i].adapter for i in members], device=x_t.device).repeat_interleave(B)
@@ -188,6 +194,7 @@ class ComposedDenoiser:
     bf16: bool = True
     batched: bool = True
     dedup: bool = True
+    max_batch: int | None = None
     stats: ForwardStats = field(default_factory=ForwardStats)
     last: ForwardStats = field(default_factory=ForwardStats)
 
@@ -241,7 +248,9 @@ class ComposedDenoiser:
         """Composed v (B, ...) float32."""
         terms = self.terms(cond)
         self.last = ForwardStats()
-        vs = run_branches([b for b, _ in terms], x_t, t, self.bf16, self.last, self.batched, self.dedup)
+        vs = run_branches(
+            [b for b, _ in terms], x_t, t, self.bf16, self.last, self.batched, self.dedup, self.max_batch
+        )
         self.stats.add(self.last)
         x = x_t.float()
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])

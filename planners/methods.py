@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from nav_come.checkpoint import CONFIG, CheckpointError, read_config
-from nav_come.compose import ComposedDenoiser, rollout
+from nav_come.compose import CPU_MAX_BATCH, ComposedDenoiser, rollout
 from nav_come.data.config import METRIC_WAYPOINT_SPACING, data_config
 from nav_come.experts import BaseExpert, LTMConfig, LTMExpert, load_expert
 from nav_come.geometry import step_actions, waypoints_from_actions
@@ -384,7 +384,8 @@ def default_alphas(sampler_steps: int) -> dict[str, float]:
 def _memory_planner(name, names, ckpt_dir: Path, wm, device, cem_config, distance, rollouts, spacing, alphas):
     experts = memory_experts(ckpt_dir, names, wm, device)
     composed = ComposedDenoiser(experts, {n: alphas[n] for n in experts}, normalise=DEFAULT_NORMALISE,
-                                schedule=wm.schedule, bf16=wm.bf16)  # fmt: skip
+                                schedule=wm.schedule, bf16=wm.bf16,
+                                max_batch=CPU_MAX_BATCH if torch.device(device).type == "cpu" else None)  # fmt: skip
     spacing = spacing or expert_spacing(ckpt_dir, names) or METRIC_WAYPOINT_SPACING["nav_come_sim"]
     return MemoryPlanner(wm, composed, cem_config, distance, rollouts, spacing, name=LABELS[name])
 

@@ -9,6 +9,7 @@ from test_memory_eval import memory_data, tiny_memory_ckpt
 
 from eval import ate_rpe
 from nav_come.checkpoint import CheckpointError
+from nav_come.compose import CPU_MAX_BATCH
 from nav_come.data import poses, read_trajectory
 from planners import cem
 from planners.methods import (
@@ -160,3 +161,4 @@ def test_one_step_samplers_compose_with_their_own_alphas(setup):
     cfg = cem.CEMConfig(n_candidates=6, top_k=2)
     p = load_method("come", setup["root"] / "ckpt", cem_config=cfg, distance="dssim", sampler_steps=1)
     assert p.denoiser.alphas == {"base": 1.0, "stm": ONE_STEP_ALPHA, "ltm": ONE_STEP_ALPHA, "sltm": ONE_STEP_ALPHA}
+    assert p.denoiser.max_batch == CPU_MAX_BATCH  # on a CPU, two 360-sample branches run as two forwards

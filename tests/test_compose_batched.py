@@ -66,3 +66,13 @@ def test_batched_and_unbatched_rollouts_agree_under_one_seed():
     assert batched.stats.calls == unbatched.stats.calls == calls
     assert batched.stats.forwards == 3 * calls and unbatched.stats.forwards == 7 * calls
     assert batched.stats.branches == unbatched.stats.branches == 7 * calls
+
+
+@pytest.mark.parametrize("max_batch, forwards", [(3, 2), (5, 2), (6, 1), (None, 1)])
+def test_max_batch_splits_a_network_forward_without_changing_the_output(max_batch, forwards):
+    batched, unbatched, memory, q = pair(SUBSETS["nwm+ltm"])  # batch 3; base and LTM share one network
+    capped = ComposedDenoiser(batched.experts, batched.alphas, bf16=False, max_batch=max_batch)
+    x, t = noisy()
+    cond = batched.condition(memory, q)
+    assert torch.allclose(capped(x, t, cond), unbatched(x, t, cond), atol=1e-5)
+    assert capped.last == ForwardStats(calls=1, forwards=forwards, samples=2 * 3, branches=3)
