@@ -1,7 +1,7 @@
 """Benchmarks, run side by side in one process and named by machine.
 
     python -m eval.bench render [--json PATH]     # simulator frames per second, single process
-    python -m eval.bench model [--ckpt DIR]       # world-model training step and sampling speed
+    python -m eval.bench model [--ckpt DIR]       # world-model training step, sampling speed, forward cost per batch
     python -m eval.bench memory [--ckpt DIR]     # memory cost vs stored frames, LTM, composition overhead
     python -m eval.bench plan [--json PATH] [--quick] [--ckpt DIR] [--methods NWM CoME ...]
                               [--steps 1 2 4 8 16] [--plans N] [--threads N] [--device cpu|cuda]
@@ -123,6 +123,33 @@ def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int
         rows.append({"bf16": bf16, "train_s_per_step": round(s_step, 3), "train_batch": batch_train,
                      "predict_frames_per_s": round(batch_sample / s_pred, 1), "predict_batch": batch_sample,
                      "sampler_steps": steps})
+    return rows
+
+
+FORWARD_BATCHES = (90, 180, 360, 720)  # 360 = one NWM-preset denoiser call (120 candidates × 3 rollouts)
+
+
+def bench_forward_batch(ckpt, batches=FORWARD_BATCHES, repeats: int = 3) -> list[dict]:
+    """Seconds of one base-DiT forward (bf16) per batch size, and per sample: where a larger batch
+    stops paying (``nav_come.compose.CPU_MAX_BATCH``, the cap on batched branches)."""
+    import torch
+
+    from nav_come.world_model import WorldModel, autocast
+
+    wm = WorldModel.from_pretrained(ckpt)
+    (c, h, w), C = wm.latent_shape, wm.context
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randn(1, C, c, h, w, generator=g)
+    rows = []
+    for b in batches:
+        x, t, a = torch.randn(b, c, h, w, generator=g), torch.rand(b, generator=g), torch.randn(b, 3, generator=g)
+
+        def forward(x=x, t=t, a=a, b=b):
+            with torch.no_grad(), autocast(torch.device("cpu"), True):
+                wm.dit(x, t, context=ctx.expand(b, -1, -1, -1, -1), action=a)
+
+        sec = _median_seconds(forward, repeats)
+        rows.append({"batch": b, "s_per_forward": round(sec, 6), "ms_per_sample": round(1000 * sec / b, 3)})
     return rows
 
 
@@ -533,6 +560,14 @@ def main(argv=None) -> int:
         print(f"{'bf16':<6} {'train s/step (B=32)':>20} {'predict frames/s (B=120)':>25}")
         for r in rows:
             print(f"{str(r['bf16']):<6} {r['train_s_per_step']:>20.3f} {r['predict_frames_per_s']:>25.1f}")
+        forward = bench_forward_batch(args.ckpt)
+        print(f"\n{'batch':>6} {'s/forward':>10} {'ms/sample':>10}   (base DiT, bf16)")
+        for r in forward:
+            print(f"{r['batch']:>6} {r['s_per_forward']:>10.3f} {r['ms_per_sample']:>10.3f}")
+        if args.json:
+            out = {"machine": machine(), "rows": rows, "forward_batch": forward}
+            atomic_write_text(args.json, json.dumps(out, indent=2))
+        return 0
     if args.json:
         atomic_write_text(args.json, json.dumps({"machine": machine(), "rows": rows}, indent=2))
     return 0
