@@ -2,6 +2,7 @@
 
     python eval/ate_rpe.py --data DIR [--methods GNM NoMaD NWM CoME NWM+STM NWM+LTM]
                            [--n-samples N] [--seeds 0 1 2] [--history 128] [--json out.json] [--plot out.png]
+                           [--resume DIR]
     torchrun --nproc_per_node N eval/ate_rpe.py --data DIR [--device cuda] ...
 
 Each sample of the split's ``navigation_eval.json`` (or, for a dataset without
@@ -23,6 +24,12 @@ a run without it (the multi-step sampler) on ``--split val`` and ``--split test`
 Seed s plans sample i with a generator seeded from (s, i), so under ``torchrun`` (:mod:`eval.distributed`)
 each rank plans every N-th sample and rank 0, which alone prints and writes, reports the numbers one
 process would; ``s_per_plan`` and ``s_per_observe`` are then medians over the plans of every rank.
+
+``--resume DIR`` keeps every method's result on every sample as it is done
+(``DIR/<method>/<i>.json``, written atomically) and reuses them: an interrupted run picks up where it
+stopped, and a larger ``--n-samples`` plans only the new samples (sample i does not depend on
+``--n-samples``). ``DIR/protocol.json`` holds the settings the results were made with; a run with
+other settings stops with an error instead of mixing them.
 
 ``--json`` writes ``{"rows": [{"method", "ate", "ate_std", "rpe", "rpe_std",
 "ate_m", "rpe_m", "n"}, ...], "protocol": {...}, "data": str}``. Methods whose
@@ -95,15 +102,32 @@ def load_history(data: Path, sample: dict, history: int, image_size: int) -> tup
     return frames, poses(tr.position, tr.yaw)[idx]
 
 
-def evaluate(planner, samples: list[tuple[int, dict]], seeds: list[int], bar: tqdm, history=None) -> list[tuple]:
+def _load_record(path: Path) -> dict:
+    r = json.loads(path.read_text())
+    return {**r, "err": np.asarray(r["err"], np.float64), "pred": np.asarray(r["pred"], np.float32)}
+
+
+def _save_record(path: Path, r: dict) -> None:
+    atomic_write_text(path, json.dumps({**r, "err": r["err"].tolist(), "pred": r["pred"].tolist()}))
+
+
+def evaluate(planner, samples: list[tuple[int, dict]], seeds: list[int], bar: tqdm, history=None,
+             keep: Path | None = None) -> list[tuple]:  # fmt: skip
     """Per sample ``(i, sample)``: ``(i, {"err": (S, 2) ATE/RPE per seed, "pred": waypoints of the
     first seed, "seconds": per plan, "observe_s"})``; seed s plans sample i with a generator seeded
     from (s, i), whichever samples come before it.
 
     history: i -> (frames, poses) of sample i, given to a planner that has ``observe`` once
-    before its plans of that sample (every seed's plan sees the same memory)."""
+    before its plans of that sample (every seed's plan sees the same memory). keep: a folder
+    where each sample's result is saved as ``<i>.json`` when done, and read instead of planning
+    when it is already there (``--resume``)."""
     out = []
     for i, s in samples:
+        done = keep / f"{i}.json" if keep is not None else None
+        if done is not None and done.is_file():
+            out.append((i, _load_record(done)))
+            bar.update(len(seeds))
+            continue
         r = {"err": np.zeros((len(seeds), 2)), "seconds": []}
         if history is not None and hasattr(planner, "observe"):
             start = time.perf_counter()
@@ -118,8 +142,27 @@ def evaluate(planner, samples: list[tuple[int, dict]], seeds: list[int], bar: tq
             if j == 0:
                 r["pred"] = wp
             bar.update()
+        if done is not None:
+            _save_record(done, r)
         out.append((i, r))
     return out
+
+
+def check_resume(folder: Path, protocol: dict) -> None:
+    """Make ``folder`` the store of results made under ``protocol``, or refuse one made otherwise."""
+    path = folder / "protocol.json"
+    settings = json.loads(json.dumps(protocol))  # as JSON reads it back (tuples become lists)
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--resume {folder}: protocol.json is not JSON ({err}); use a new folder") from err
+        differ = sorted(k for k in settings.keys() | stored.keys() if settings.get(k) != stored.get(k))
+        if differ:
+            raise ValueError(f"--resume {folder} holds results made with other settings ({', '.join(differ)}); "
+                             "rerun with those settings or use a new folder")  # fmt: skip
+    else:
+        atomic_write_text(path, json.dumps(settings, indent=2))
 
 
 def summarise(records: list[dict]) -> dict:
@@ -161,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path, help="PNG of planned vs ground-truth waypoints for a few samples")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="keep each sample's result in DIR and reuse it: resume a run, or add samples")
     return p
 
 
@@ -207,11 +252,28 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     def history(i: int):
         return load_history(args.data, samples_idx[i], args.history, size)
 
+    distance = next((p.distance.name for p in planners.values() if hasattr(p, "distance")), None)
+    protocol = {"split": args.split, "goal_offset": GOAL, "context": CONTEXT, "seeds": args.seeds,
+                "n_samples": len(samples_idx), "cem": {"candidates": args.candidates, "top_k": args.top_k,
+                "iterations": args.iterations, "rollouts": args.rollouts}, "sampler_steps": steps,
+                "metric_waypoint_spacing": sp, "ckpt": str(args.ckpt), "distance": distance}  # fmt: skip
+    if memory:
+        protocol["history"] = args.history
+        protocol["alphas"] = {m: dict(planners[m].denoiser.alphas) for m in memory}  # each composition, as run
+    if args.distilled:
+        protocol["distilled"] = str(args.distilled)
+    if args.resume is not None:  # every setting but the sample count; the alphas of every method ever run
+        check_resume(args.resume, {"data": str(args.data), **{k: v for k, v in protocol.items()
+                                                               if k not in ("n_samples", "alphas")}})  # fmt: skip
+        for m in memory:
+            check_resume(args.resume / m, {"alphas": protocol["alphas"][m]})
+
     rows, preds = [], {}
     total = len(planners) * len(samples) * len(args.seeds)
     with tqdm(total=total, desc="ate/rpe", unit="plan", disable=not is_main) as bar:
         for m, planner in planners.items():
-            records = distributed.gather(evaluate(planner, samples, args.seeds, bar, history), dist)
+            keep = args.resume / m if args.resume is not None else None
+            records = distributed.gather(evaluate(planner, samples, args.seeds, bar, history, keep), dist)
             if records is None:  # not rank 0
                 continue
             r = summarise(records)
@@ -225,16 +287,6 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     gt = distributed.gather([(i, s["gt"]) for i, s in samples], dist)
     if not is_main:
         return None
-    distance = next((p.distance.name for p in planners.values() if hasattr(p, "distance")), None)
-    protocol = {"split": args.split, "goal_offset": GOAL, "context": CONTEXT, "seeds": args.seeds,
-                "n_samples": len(samples_idx), "cem": {"candidates": args.candidates, "top_k": args.top_k,
-                "iterations": args.iterations, "rollouts": args.rollouts}, "sampler_steps": steps,
-                "metric_waypoint_spacing": sp, "ckpt": str(args.ckpt), "distance": distance}  # fmt: skip
-    if memory:
-        protocol["history"] = args.history
-        protocol["alphas"] = {m: dict(planners[m].denoiser.alphas) for m in memory}  # each composition, as run
-    if args.distilled:
-        protocol["distilled"] = str(args.distilled)
     return {"rows": rows, "protocol": protocol, "data": str(args.data), "skipped": skipped,
             "_gt": gt, "_samples_idx": samples_idx, "_preds": preds}  # fmt: skip
 

@@ -54,3 +54,30 @@ def test_unknown_method_is_one_line(setup, capsys):
     rc = ate_rpe.main(["--data", str(setup / "data"), "--methods", "NWM,GNM"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "unknown method" in err
+
+
+def test_resume_reuses_done_samples_and_refuses_other_settings(setup, tmp_path, monkeypatch, capsys):
+    base = ["--data", str(setup / "data"), "--ckpt", str(setup / "ckpt"), "--methods", "NWM", "--seeds", "0", "1",
+            *FAST]  # fmt: skip
+    keep = tmp_path / "keep"
+    whole = ate_rpe.run(ate_rpe.build_parser().parse_args([*base, "--n-samples", "3"]))["rows"][0]
+    first = ate_rpe.run(ate_rpe.build_parser().parse_args([*base, "--n-samples", "2", "--resume", str(keep)]))
+    assert sorted(p.name for p in (keep / "NWM").iterdir()) == ["0.json", "1.json"]
+    assert first["rows"][0]["n"] == 2
+    planned = []
+    real = ate_rpe.evaluate
+
+    def counting(planner, samples, *args, **kwargs):  # which samples are planned, not read back
+        keep_dir = args[3] if len(args) > 3 else kwargs.get("keep")
+        planned.extend(i for i, _ in samples if not (keep_dir / f"{i}.json").is_file())
+        return real(planner, samples, *args, **kwargs)
+
+    monkeypatch.setattr(ate_rpe, "evaluate", counting)
+    more = ate_rpe.run(ate_rpe.build_parser().parse_args([*base, "--n-samples", "3", "--resume", str(keep)]))
+    assert planned == [2]  # only the new sample
+    row = more["rows"][0]
+    assert row["n"] == 3 and row["ate"] == whole["ate"] and row["rpe"] == whole["rpe"]  # same as one run
+    capsys.readouterr()
+    rc = ate_rpe.main([*base, "--n-samples", "3", "--resume", str(keep), "--rollouts", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "other settings (cem)" in err
