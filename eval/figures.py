@@ -1,8 +1,15 @@
-"""Figures people look at: a plan (context, goal, imagined rollout, waypoints) and trajectory plots."""
+"""Figures people look at: a plan (context, goal, imagined rollout, waypoints), trajectory plots,
+and planning quality against cost from ``eval/ate_rpe.py`` JSON files::
+
+    python -m eval.figures cost --json run1.json run2.json ... --out cost.png
+"""
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -72,3 +79,51 @@ def trajectories_figure(path, samples: list[dict], spacing: float, title: str = 
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def cost_quality_figure(path, runs: list[dict], title: str = "") -> Path:
+    """ATE against seconds per plan, one line per method through its runs' sampler step counts.
+
+    runs: ``eval/ate_rpe.py --json`` reports (rows with "ate", "s_per_plan"; protocol with
+    "sampler_steps")."""
+    points: dict[str, list[tuple[float, float, int]]] = {}
+    for run in runs:
+        for r in run["rows"]:
+            points.setdefault(r["method"], []).append((r["s_per_plan"], r["ate"], run["protocol"]["sampler_steps"]))
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method, pts in points.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
+        for sec, value, steps in pts:
+            ax.annotate(f"{steps} step{'s' * (steps > 1)}", (sec, value), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)  # fmt: skip
+    ax.set_xlim(left=0)
+    ax.set_xlabel("seconds per plan")
+    ax.set_ylabel("ATE (spacing units)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.figures", description="figures from saved results")
+    p.add_argument("what", choices=["cost"])
+    p.add_argument("--json", type=Path, nargs="+", required=True, help="eval/ate_rpe.py --json reports")
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("--title", default="")
+    args = p.parse_args(argv)
+    try:
+        runs = [json.loads(path.read_text()) for path in args.json]
+        if not all("rows" in r and "sampler_steps" in r.get("protocol", {}) for r in runs):
+            raise ValueError("every --json must be a report of eval/ate_rpe.py --json")
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cost_quality_figure(args.out, runs, args.title)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -81,3 +81,20 @@ def test_resume_reuses_done_samples_and_refuses_other_settings(setup, tmp_path, 
     rc = ate_rpe.main([*base, "--n-samples", "3", "--resume", str(keep), "--rollouts", "2"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "other settings (cem)" in err
+
+
+def test_cost_figure_from_reports(setup, tmp_path, capsys):
+    from eval import figures
+
+    reports = []
+    for steps in (1, 2):
+        out = tmp_path / f"s{steps}.json"
+        assert ate_rpe.main(["--data", str(setup / "data"), "--ckpt", str(setup / "ckpt"), "--methods", "NWM",
+                             "--n-samples", "1", "--seeds", "0", *FAST[:-1], str(steps), "--json", str(out)]) == 0
+        reports.append(str(out))
+    assert figures.main(["cost", "--json", *reports, "--out", str(tmp_path / "cost.png")]) == 0
+    assert (tmp_path / "cost.png").stat().st_size > 1000
+    (tmp_path / "bad.json").write_text("{}")
+    capsys.readouterr()
+    assert figures.main(["cost", "--json", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
