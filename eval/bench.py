@@ -550,6 +550,7 @@ def main(argv=None) -> int:
         if args.json:
             atomic_write_text(args.json, json.dumps(out, indent=2))
         return 0
+    extra = {}
     if args.what == "render":
         rows = bench_render(frames=args.frames)
         print(f"{'world':<8} {'size':>5} {'frames/s':>9}")
@@ -560,16 +561,12 @@ def main(argv=None) -> int:
         print(f"{'bf16':<6} {'train s/step (B=32)':>20} {'predict frames/s (B=120)':>25}")
         for r in rows:
             print(f"{str(r['bf16']):<6} {r['train_s_per_step']:>20.3f} {r['predict_frames_per_s']:>25.1f}")
-        forward = bench_forward_batch(args.ckpt)
+        extra["forward_batch"] = bench_forward_batch(args.ckpt)
         print(f"\n{'batch':>6} {'s/forward':>10} {'ms/sample':>10}   (base DiT, bf16)")
-        for r in forward:
+        for r in extra["forward_batch"]:
             print(f"{r['batch']:>6} {r['s_per_forward']:>10.3f} {r['ms_per_sample']:>10.3f}")
-        if args.json:
-            out = {"machine": machine(), "rows": rows, "forward_batch": forward}
-            atomic_write_text(args.json, json.dumps(out, indent=2))
-        return 0
     if args.json:
-        atomic_write_text(args.json, json.dumps({"machine": machine(), "rows": rows}, indent=2))
+        atomic_write_text(args.json, json.dumps({"machine": machine(), "rows": rows, **extra}, indent=2))
     return 0
 
 

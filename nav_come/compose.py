@@ -30,7 +30,7 @@ per-sample LoRA mask. ``batched=False`` runs every (distinct) branch as its own 
 ``dedup=False`` evaluates duplicates again; both False is the reference the batched path is
 tested against, and the "before" count of the planning benchmark. One forward of n·B
 samples is not always faster than n forwards of B: on this 2-core CPU a DiT forward of 720
-samples takes 1.2× (one thread) to 1.4× (two) the time of two of 360, so ``max_batch`` caps
+samples takes 1.3× the time of two of 360 (``python -m eval.bench model``), so ``max_batch`` caps
 a batched forward (the planners set :data:`CPU_MAX_BATCH` on a CPU, none on a GPU; a branch
 larger than the cap still runs whole). ``eval.bench plan --unbatched`` measures the rest.
 ``stats``/``last`` count the forwards and the samples they ran, and the branches asked for
