@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-weights")
     p.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
                    help="memory methods: an expert's coefficient (base 1); 0 leaves the expert out")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: rank r on cuda:LOCAL_RANK)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: cuda:LOCAL_RANK, ranks share GPUs)")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path, help="PNG of planned vs ground-truth waypoints for a few samples")

@@ -265,20 +265,18 @@ def example_episode(image_size: int, context: int = 4) -> dict:
     world 1,000,000, patrol driver with rng 0. history: frames 0..t (t = 60) and their world poses;
     context (1, C, 3, H, W): frames t-C+1..t (examples/context_*.png); goal (3, H, W): frame t+8
     (examples/goal.png). Without a working simulator: the example images and no history."""
-    from envs.example_data import EXAMPLE_T, EXAMPLE_WORLD
-
-    t = EXAMPLE_T
     try:
         from envs.driver import Driver
+        from envs.example_data import EXAMPLE_T, EXAMPLE_WORLD
         from envs.occupancy import OccupancyMap
         from envs.sim import Simulator
 
-        sim = Simulator(EXAMPLE_WORLD, image_size)
+        t, sim = EXAMPLE_T, Simulator(EXAMPLE_WORLD, image_size)
         try:  # the drive of envs.example_data.make_example_images
             frames, poses, _ = Driver(sim, OccupancyMap(sim.world), np.random.default_rng(0), "patrol").run(t + 9)
         finally:
             sim.close()
-    except Exception as err:  # noqa: BLE001 (no MuJoCo or GL backend: any failure means "no simulator")
+    except Exception as err:  # noqa: BLE001 (no gymnasium, MuJoCo or GL backend: any failure means "no simulator")
         import cv2
 
         from nav_come.data.recon import square_resize

@@ -4,7 +4,8 @@
 
 :func:`init` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) through
 :func:`nav_come.train_loop.setup_distributed`: gloo on CPU, nccl with ``--device cuda``
-(rank r on ``cuda:LOCAL_RANK``). :func:`shard` deals the items out round-robin with their
+(rank r on ``cuda:LOCAL_RANK``; more ranks than GPUs share them round-robin over gloo, which
+keeps one GPU busy with a small model). :func:`shard` deals the items out round-robin with their
 indices, :func:`gather` brings every rank's ``(index, result)`` pairs to rank 0 in index
 order, and :func:`close` ends the process group. Without torchrun there is one rank and
 these change nothing.

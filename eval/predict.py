@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test (reported) or val (choosing settings such as alpha and steps)")  # fmt: skip
     p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/test")
     p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: rank r on cuda:LOCAL_RANK)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: cuda:LOCAL_RANK, ranks share GPUs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
     p.add_argument("--distilled", type=Path, help="sample with the networks distilled for --steps in this folder")

@@ -292,6 +292,6 @@ def rollout(
         z = SAMPLERS[sampler](denoiser, x_T, steps, denoiser.condition(memory, query), generator, schedule=schedule)
         out.append(z)
         ctx = torch.cat([ctx[:, 1:], z[:, None]], 1)
-        metres = torch.cat([step_actions[:, k, :2].double() * memory.spacing, step_actions[:, k, 2:].double()], 1)
+        metres = torch.cat([step_actions[:, k, :2].double() * memory.spacing, step_actions[:, k, 2:].double()], 1).cpu()
         pose = se2_compose(pose, metres)
     return torch.stack(out, 1)

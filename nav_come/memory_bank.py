@@ -173,7 +173,7 @@ class FrameStore:
     def gather(self, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Latents of global indices (...,) as float32 (..., c, h, w), zeros where not ``valid``."""
         z = self.latents[index.clamp(min=0)].float()
-        return z * valid.reshape(*valid.shape, 1, 1, 1).to(z.dtype)
+        return z * valid.reshape(*valid.shape, 1, 1, 1).to(z.device, z.dtype)  # latents may sit on the GPU
 
 
 class EpisodeMemory(FrameStore):
@@ -225,7 +225,7 @@ class Query:
     def __post_init__(self) -> None:
         B = self.action.shape[0]
         self.shift = torch.as_tensor(self.shift, dtype=torch.long, device=self.action.device).expand(B)
-        self.pose = torch.as_tensor(self.pose, dtype=torch.float64).reshape(-1, 3)
+        self.pose = torch.as_tensor(self.pose, dtype=torch.float64).reshape(-1, 3).cpu()  # geometry stays on the CPU
         if self.context.ndim != 5 or self.context.shape[0] not in (1, B) or self.pose.shape[0] not in (1, B):
             raise ValueError(
                 f"Query needs context (B or 1, C, c, h, w) and pose (B or 1, 3) for B={B} actions; got "
@@ -240,8 +240,8 @@ class Query:
 
     def target_pose(self, spacing: float) -> torch.Tensor:
         """World poses (B, 3) of the targets: the newest context pose composed with the action."""
-        metres = torch.cat([self.action[:, :2].double() * spacing, self.action[:, 2:].double()], 1)  # (B, 3)
-        return se2_compose(self.pose.to(metres.device), metres)
+        metres = torch.cat([self.action[:, :2].double() * spacing, self.action[:, 2:].double()], 1).cpu()  # (B, 3)
+        return se2_compose(self.pose, metres)
 
     def memory_end(self, now: int) -> int:
         """Newest real frame outside the context: frames up to it are memory, later ones context."""

@@ -113,7 +113,7 @@ class Distributed:
 def setup_distributed(device: str = "auto") -> Distributed:
     """Read torchrun's environment; init the process group when WORLD_SIZE > 1.
 
-    device: "auto" (CUDA when available), "cpu" or "cuda" (rank r uses cuda:LOCAL_RANK).
+    device: "auto" (CUDA when available), "cpu" or "cuda" (see :func:`cuda_placement`).
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be cpu, cuda or auto, got {device!r}")
@@ -122,12 +122,25 @@ def setup_distributed(device: str = "auto") -> Distributed:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if device == "cuda" else torch.device("cpu")
-    if dev.type == "cuda":
+    dev, backend = torch.device("cpu"), "gloo"
+    if device == "cuda":
+        local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        index, backend = cuda_placement(local_rank, local_world, torch.cuda.device_count())
+        dev = torch.device("cuda", index)
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
-        tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        tdist.init_process_group(backend)
     return Distributed(rank, world, dev)
+
+
+def cuda_placement(local_rank: int, local_world: int, n_gpus: int) -> tuple[int, str]:
+    """The GPU of local rank ``local_rank`` and the process-group backend.
+
+    One rank per GPU: rank r on cuda:r, nccl. More ranks than GPUs (small models that leave a
+    GPU idle between kernel launches, e.g. ``torchrun --nproc_per_node 8`` on one GPU): ranks
+    share the GPUs round-robin and talk over gloo, since nccl needs one GPU per rank.
+    """
+    return local_rank % n_gpus, "nccl" if local_world <= n_gpus else "gloo"
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:

@@ -141,7 +141,8 @@ def plan(
     std = init_std if std is None else std
     for _ in range(cfg.iterations):
         z = sample(mean, std, cfg, generator)  # (N, *dim)
-        best, elite_costs = elites(z, cost_fn(decode(z, cfg)).float(), cfg.top_k)  # (K, *dim), (K,)
+        costs = cost_fn(decode(z, cfg)).float().cpu()  # the search state lives on the CPU, whatever scored it
+        best, elite_costs = elites(z, costs, cfg.top_k)  # (K, *dim), (K,)
         mean = best.mean(0)
         std = (best.std(0, unbiased=False) if cfg.top_k > 1 else std).clamp_min(cfg.min_std)
     deltas = decode(mean[None], cfg)[0]  # (H, 3)

@@ -186,3 +186,11 @@ def test_a_killed_run_saves_its_resume_state(data_dir, tmp_path):
     assert proc.returncode == 130, err
     state = torch.load(out / "last" / "base" / "trainer.pt", weights_only=False)
     assert state["step"] > 0
+
+
+def test_cuda_placement_one_rank_per_gpu_or_shared():
+    from nav_come.train_loop import cuda_placement
+
+    assert [cuda_placement(r, 2, 2) for r in range(2)] == [(0, "nccl"), (1, "nccl")]
+    assert [cuda_placement(r, 4, 1)[0] for r in range(4)] == [0, 0, 0, 0]
+    assert cuda_placement(3, 4, 2) == (1, "gloo")
