@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distance", default="auto",
                    help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal | pose")
     p.add_argument("--lpips-weights", help="TorchScript LPIPS module; without it LPIPS is not used")
+    p.add_argument("--length-weight", type=float, default=0.0, help="CEM cost per spacing unit of path")
+    p.add_argument("--collision-weight", type=float, default=0.0,
+                   help="CEM cost per metre of collision risk (needs CKPT/collision, planners.collision)")  # fmt: skip
     p.add_argument("--figure", default=str(ROOT / "outputs" / "plan.png"))
     p.add_argument("--json", help="write the plan as JSON here")
     return p.parse_args(argv)
@@ -76,7 +79,8 @@ def run(args) -> dict:
                                            iterations=args.iterations)  # the shipped models' data: its prior
     steps = args.steps or DEFAULT_SAMPLER_STEPS
     planner = load_method(method, args.ckpt, args.device, distance=args.distance, sampler_steps=steps,
-                          rollouts=args.rollouts, lpips_weights=args.lpips_weights, cem_config=cem_config)
+                          rollouts=args.rollouts, lpips_weights=args.lpips_weights, cem_config=cem_config,
+                          length_weight=args.length_weight, collision_weight=args.collision_weight)
     size = planner.world_model.ae.config.image_size if hasattr(planner, "world_model") else 64
     n_ctx = planner.world_model.context if hasattr(planner, "world_model") else 4
     paths = args.context or sorted(map(str, EXAMPLES.glob("context_*.png")))

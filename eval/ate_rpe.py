@@ -33,7 +33,10 @@ other settings stops with an error instead of mixing them.
 
 ``--json`` writes ``{"rows": [{"method", "ate", "ate_std", "rpe", "rpe_std",
 "ate_m", "rpe_m", "n"}, ...], "protocol": {...}, "data": str}``. Methods whose
-checkpoints are missing are listed under ``"skipped"`` with the reason.
+checkpoints are missing are listed under ``"skipped"`` with the reason. On simulator data
+(``envs.collect``) each row also has ``plan_collision`` ("in wall" in the table): the share of
+samples whose first-seed plan puts the robot within its radius of an obstacle of the world the
+trajectory was driven in (the collision penalty, ``--collision-weight``, is meant to lower it).
 """
 
 from __future__ import annotations
@@ -194,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
     p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--length-weight", type=float, default=0.0, help="CEM cost per spacing unit of path")
+    p.add_argument("--collision-weight", type=float, default=0.0,
+                   help="CEM cost per metre of collision risk (needs CKPT/collision, planners.collision)")  # fmt: skip
     p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")
     p.add_argument("--distance", default="auto",
                    help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal | pose")
@@ -210,13 +216,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'method':<9} {'ATE':>13} {'RPE':>13} {'ATE (m)':>8} {'RPE (m)':>8} {'n':>4} {'s/plan':>7}"]
+    walls = any("plan_collision" in r for r in rows)
+    lines = [f"{'method':<9} {'ATE':>13} {'RPE':>13} {'ATE (m)':>8} {'RPE (m)':>8} {'n':>4} {'s/plan':>7}"
+             + (f" {'in wall':>7}" if walls else "")]  # fmt: skip
     for r in rows:
         lines.append(
             f"{r['method']:<9} {r['ate']:>6.3f} ± {r['ate_std']:<4.3f} {r['rpe']:>6.3f} ± "
             f"{r['rpe_std']:<4.3f} {r['ate_m']:>8.3f} {r['rpe_m']:>8.3f} {r['n']:>4} {r['s_per_plan']:>7.2f}"
+            + (f" {r['plan_collision']:>7.3f}" if "plan_collision" in r else "")
         )
     return "\n".join(lines)
+
+
+def plan_collisions(data: Path, samples: list[dict], plans: list[np.ndarray], spacing: float) -> float | None:
+    """Share of samples whose plan (8 waypoints, spacing units, robot frame at t) puts the robot
+    within its radius of an obstacle of the simulator world the trajectory was driven in; None
+    for data without worlds (e.g. real RECON)."""
+    from envs.occupancy import OccupancyMap
+    from envs.worlds import ROBOT_RADIUS, generate_world
+    from planners.collision import world_of
+
+    try:
+        worlds = [world_of(s["traj"]) for s in samples]
+    except DataFormatError:
+        return None
+    maps, hits = {}, []
+    for s, w, plan in zip(samples, worlds, plans, strict=True):
+        if w not in maps:
+            maps[w] = OccupancyMap(generate_world(*w))
+        tr = read_trajectory(data / s["traj"], load_images=False)
+        (x, y), yaw = tr.position[s["t"]], tr.yaw[s["t"]]
+        px, py = plan[:, 0] * spacing, plan[:, 1] * spacing
+        world = np.stack([x + np.cos(yaw) * px - np.sin(yaw) * py, y + np.sin(yaw) * px + np.cos(yaw) * py], 1)
+        hits.append(min(maps[w].clearance_at(p) for p in world) < ROBOT_RADIUS)
+    return float(np.mean(hits))
 
 
 def run(args, dist: Distributed | None = None) -> dict | None:
@@ -242,7 +275,9 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     for m in args.methods:
         try:
             planners[m] = load_method(METHOD_NAMES[m], args.ckpt, device, cem_cfg, args.distance, steps, args.rollouts,
-                                      args.lpips_weights, sp, alphas, distilled=args.distilled)  # fmt: skip
+                                      args.lpips_weights, sp, alphas, distilled=args.distilled,
+                                      length_weight=args.length_weight,
+                                      collision_weight=args.collision_weight)  # fmt: skip
         except (MethodUnavailable, ValueError) as err:
             skipped[m] = str(err)
     size = next((p.world_model.ae.config.image_size for p in planners.values() if hasattr(p, "world_model")), 64)
@@ -262,6 +297,9 @@ def run(args, dist: Distributed | None = None) -> dict | None:
         protocol["alphas"] = {m: dict(planners[m].denoiser.alphas) for m in memory}  # each composition, as run
     if args.distilled:
         protocol["distilled"] = str(args.distilled)
+    for key in ("length_weight", "collision_weight"):  # only when on: a run without them matches older ones
+        if getattr(args, key):
+            protocol[key] = getattr(args, key)
     if args.resume is not None:  # every setting but the sample count; the alphas of every method ever run
         check_resume(args.resume, {"data": str(args.data), **{k: v for k, v in protocol.items()
                                                                if k not in ("n_samples", "alphas")}})  # fmt: skip
@@ -287,6 +325,10 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     gt = distributed.gather([(i, s["gt"]) for i, s in samples], dist)
     if not is_main:
         return None
+    for row in rows:  # simulator data: how often a plan runs into a wall
+        share = plan_collisions(args.data, samples_idx, preds[row["method"]], sp)
+        if share is not None:
+            row["plan_collision"] = share
     return {"rows": rows, "protocol": protocol, "data": str(args.data), "skipped": skipped,
             "_gt": gt, "_samples_idx": samples_idx, "_preds": preds}  # fmt: skip
 

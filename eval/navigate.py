@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_SAMPLER_STEPS, help="world-model sampler steps")
     p.add_argument("--candidates", type=int, default=120)
     p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--length-weight", type=float, default=0.0, help="CEM cost per spacing unit of path")
+    p.add_argument("--collision-weight", type=float, default=0.0,
+                   help="CEM cost per metre of collision risk (needs CKPT/collision, planners.collision)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path)
     p.add_argument("--gif-dir", type=Path)
@@ -128,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for m in args.methods:
         try:
-            planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg,
-                                  sampler_steps=args.steps, rollouts=args.rollouts)
+            planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, sampler_steps=args.steps,
+                                  rollouts=args.rollouts, length_weight=args.length_weight,
+                                  collision_weight=args.collision_weight)  # fmt: skip
         except (MethodUnavailable, CheckpointError) as err:
             print(f"skipped {m}: {err}")
             continue

@@ -14,7 +14,9 @@ as 1-SSIM, and it needs no decoding).
 
 ``world_model_cost`` turns a world model and a goal into the cost function the
 CEM planner takes: it rolls every candidate out ``rollouts`` times with a
-sliding context and averages the distances, as in NWM's protocol. ``memory_cost`` is
+sliding context and averages the distances, as in NWM's protocol. Two optional penalties
+are added: ``length_weight`` per spacing unit of path, and ``collision_weight`` times the
+collision risk a :class:`~planners.collision.ClearanceHead` reads from every imagined frame. ``memory_cost`` is
 the same over composed memory experts rolled out from an episode's memory. Both charge
 their work to an optional :class:`~planners.timing.PlanTimer` (encode, denoise, decode, cost).
 """
@@ -121,6 +123,15 @@ def _final_cost(world_model, last: torch.Tensor, target: torch.Tensor, distance:
         return d + length_weight * path_length(deltas).to(d)
 
 
+def _collision_penalty(collision, weight: float, latents: torch.Tensor, n: int, rollouts: int,
+                       timer: PlanTimer | None) -> torch.Tensor | float:  # fmt: skip
+    """weight x the collision risk of imagined latents (N*R, K, c, h, w), averaged over rollouts (N,); 0 when off."""
+    if collision is None or weight == 0:
+        return 0.0
+    with section(timer, "cost"):
+        return weight * collision.risk(latents).view(n, rollouts).mean(1)
+
+
 def world_model_cost(
     world_model,
     context: torch.Tensor,
@@ -130,6 +141,8 @@ def world_model_cost(
     generator: torch.Generator | None = None,
     length_weight: float = 0.0,
     timer: PlanTimer | None = None,
+    collision=None,
+    collision_weight: float = 0.0,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The CEM cost: per-step deltas (N, H, 3) in the start frame -> (N,) mean goal distance.
 
@@ -146,7 +159,8 @@ def world_model_cost(
         with section(timer, "denoise"):
             out = world_model.rollout(ctx, steps, generator=generator, decode=False)
         last = out["latents"][:, -distance.frames :]  # (N*R, F, c, h, w): the final frame(s) are compared
-        return _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
+        c = _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
+        return c + _collision_penalty(collision, collision_weight, out["latents"], len(deltas), rollouts, timer)
 
     return cost
 
@@ -161,6 +175,8 @@ def memory_cost(
     generator: torch.Generator | None = None,
     length_weight: float = 0.0,
     timer: PlanTimer | None = None,
+    collision=None,
+    collision_weight: float = 0.0,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The same cost over composed memory experts (CoME, NWM+STM, NWM+LTM).
 
@@ -176,6 +192,7 @@ def memory_cost(
         with section(timer, "denoise"):
             latents = rollout(denoiser, memory, steps, world_model.sampler_steps, generator, world_model.sampler)
         last = latents[:, -distance.frames :]  # (N*R, F, c, h, w)
-        return _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
+        c = _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
+        return c + _collision_penalty(collision, collision_weight, latents, len(deltas), rollouts, timer)
 
     return cost

@@ -100,10 +100,26 @@ class WorldModelPlanner:
         distance: GoalDistance,
         rollouts: int = 3,
         length_weight: float = 0.0,
+        collision=None,
+        collision_weight: float = 0.0,
     ):
+        """length_weight: cost per spacing unit of path; collision: a
+        :class:`~planners.collision.ClearanceHead` whose risk over the imagined frames costs
+        ``collision_weight`` per metre (:mod:`planners.cost`)."""
         self.world_model, self.cfg, self.distance = world_model, cem_config, distance
         self.rollouts, self.length_weight = rollouts, length_weight
+        self.collision, self.collision_weight = collision, collision_weight if collision is not None else 0.0
         self.timer: PlanTimer | None = None
+
+    @property
+    def cost_name(self) -> str:
+        """What the plan's cost is: the goal distance and the penalties that are on."""
+        name = self.distance.name
+        if self.length_weight:
+            name += f" + {self.length_weight:g} x path length (spacing units)"
+        if self.collision_weight:
+            name += f" + {self.collision_weight:g} x collision risk (m)"
+        return name
 
     def _start(self, context: torch.Tensor):
         """What every candidate of a plan starts from (the context latents (1, C, c, h, w), encoded
@@ -112,7 +128,7 @@ class WorldModelPlanner:
 
     def _cost(self, start, goal: torch.Tensor, generator: torch.Generator | None):
         return world_model_cost(self.world_model, start, goal, self.distance, self.rollouts, generator,
-                                self.length_weight, self.timer)  # fmt: skip
+                                self.length_weight, self.timer, self.collision, self.collision_weight)  # fmt: skip
 
     def _imagine(self, start, motions: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Frames (K, 3, H, W) of the rollout of one-step motions (1, K, 3)."""
@@ -133,7 +149,7 @@ class WorldModelPlanner:
         mean, std = (warm_start.mean, warm_start.std) if warm_start is not None else (None, None)
         res = cem.plan(cost, self.cfg, generator, mean, std)
         imagined = self._imagine(start, _plan_motions(res.deltas), generator) if imagine else None
-        return PlanResult(res.waypoints, res.cost, self.distance.name, imagined, res.mean, res.std, note)
+        return PlanResult(res.waypoints, res.cost, self.cost_name, imagined, res.mean, res.std, note)
 
 
 class MemoryPlanner(WorldModelPlanner):
@@ -159,8 +175,10 @@ class MemoryPlanner(WorldModelPlanner):
         spacing: float = 0.25,
         length_weight: float = 0.0,
         name: str = "come",
+        collision=None,
+        collision_weight: float = 0.0,
     ):
-        super().__init__(world_model, cem_config, distance, rollouts, length_weight)
+        super().__init__(world_model, cem_config, distance, rollouts, length_weight, collision, collision_weight)
         self.denoiser, self.spacing, self.name = denoiser, spacing, name
         self.history = None  # EpisodeMemory of the observed frames
         self.last_observe: dict = {}
@@ -221,7 +239,7 @@ class MemoryPlanner(WorldModelPlanner):
 
     def _cost(self, memory: EpisodeMemory, goal: torch.Tensor, generator: torch.Generator | None):
         return memory_cost(self.world_model, self.denoiser, memory, goal, self.distance, self.rollouts, generator,
-                           self.length_weight, self.timer)  # fmt: skip
+                           self.length_weight, self.timer, self.collision, self.collision_weight)  # fmt: skip
 
     def _imagine(self, memory: EpisodeMemory, motions: torch.Tensor, generator: torch.Generator | None):
         wm = self.world_model
@@ -381,13 +399,22 @@ def default_alphas(sampler_steps: int) -> dict[str, float]:
     return {n: 1.0 if n == "base" else ONE_STEP_ALPHA for n in DEFAULT_ALPHAS}
 
 
-def _memory_planner(name, names, ckpt_dir: Path, wm, device, cem_config, distance, rollouts, spacing, alphas):
+def load_collision(ckpt_dir: str | Path, device: str = "cpu"):
+    """The clearance head of the collision penalty, ``ckpt_dir/collision`` (MethodUnavailable when missing)."""
+    from planners.collision import load_clearance_head
+
+    command = f"python -m planners.collision --data DATA --ckpt {ckpt_dir} --out {Path(ckpt_dir) / 'collision'}"
+    return load_clearance_head(_need(Path(ckpt_dir) / "collision", "collision head", command), device)
+
+
+def _memory_planner(name, names, ckpt_dir: Path, wm, device, cem_config, distance, rollouts, spacing, alphas,
+                    penalties):  # fmt: skip
     experts = memory_experts(ckpt_dir, names, wm, device)
     composed = ComposedDenoiser(experts, {n: alphas[n] for n in experts}, normalise=DEFAULT_NORMALISE,
                                 schedule=wm.schedule, bf16=wm.bf16,
                                 max_batch=CPU_MAX_BATCH if torch.device(device).type == "cpu" else None)  # fmt: skip
     spacing = spacing or expert_spacing(ckpt_dir, names) or METRIC_WAYPOINT_SPACING["nav_come_sim"]
-    return MemoryPlanner(wm, composed, cem_config, distance, rollouts, spacing, name=LABELS[name])
+    return MemoryPlanner(wm, composed, cem_config, distance, rollouts, spacing, name=LABELS[name], **penalties)
 
 
 def _distilled(names: tuple[str, ...], ckpt_dir: Path, root: Path, steps: int, device):
@@ -415,13 +442,17 @@ def load_method(
     spacing: float | None = None,
     alphas: dict[str, float] | None = None,
     distilled: str | Path | None = None,
+    length_weight: float = 0.0,
+    collision_weight: float = 0.0,
 ) -> WorldModelPlanner | MemoryPlanner | PolicyPlanner:
     """Build the planner of method ``name`` from the checkpoints in ``ckpt_dir``.
 
     spacing: metres per step of the data planned on (memory methods place observed poses with
     it; default: the experts' training data, else the simulator's); alphas: {expert: alpha}
     of a memory method (default ``default_alphas(sampler_steps)``); distilled: a folder of distilled networks
-    (see the module docstring) whose ``sampler_steps`` ones replace the base and the experts.
+    (see the module docstring) whose ``sampler_steps`` ones replace the base and the experts;
+    length_weight, collision_weight: the CEM cost's penalties (:mod:`planners.cost`; a collision
+    weight above 0 needs ``ckpt_dir/collision``, :mod:`planners.collision`). Policies ignore them.
     """
     name = name.lower()
     ckpt_dir = Path(ckpt_dir)
@@ -450,7 +481,9 @@ def load_method(
         wm, experts_dir = _distilled(names, ckpt_dir, Path(distilled), sampler_steps, device)
     cem_config = cem_config or cem.CEMConfig.for_dataset(data_config("nav_come_sim"))  # the shipped models' data
     goal_distance = load_distance(distance, ckpt_dir, device, lpips_weights)
+    collision = load_collision(ckpt_dir, device) if collision_weight else None
+    penalties = {"length_weight": length_weight, "collision": collision, "collision_weight": collision_weight}
     if name in MEMORY_METHODS:
         return _memory_planner(name, names, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing,
-                               alphas)  # fmt: skip
-    return WorldModelPlanner(wm, cem_config, goal_distance, rollouts)
+                               alphas, penalties)  # fmt: skip
+    return WorldModelPlanner(wm, cem_config, goal_distance, rollouts, **penalties)

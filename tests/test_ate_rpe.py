@@ -98,3 +98,20 @@ def test_cost_figure_from_reports(setup, tmp_path, capsys):
     capsys.readouterr()
     assert figures.main(["cost", "--json", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_plan_collisions_finds_plans_through_walls(tmp_path):
+    from envs.occupancy import OccupancyMap
+    from envs.worlds import generate_world
+    from nav_come.data import write_trajectory
+
+    occ = OccupancyMap(generate_world("maze", 7))
+    start = occ.sample_free(np.random.default_rng(0), min_clearance=0.5)
+    T = 12
+    write_trajectory(tmp_path / "maze_000007_00", np.zeros((T, 8, 8, 3), np.uint8), np.tile(start, (T, 1)),
+                     np.zeros(T))  # fmt: skip
+    samples = [{"traj": "maze_000007_00", "t": 3}] * 2
+    stay = np.zeros((8, 3), np.float32)  # every waypoint on the free start
+    far = np.stack([np.arange(1, 9) * 40.0, np.zeros(8), np.zeros(8)], 1)  # 80 m ahead: through the walls
+    assert ate_rpe.plan_collisions(tmp_path, samples, [stay, far], spacing=0.25) == 0.5
+    assert ate_rpe.plan_collisions(tmp_path, [{"traj": "traj_000", "t": 3}], [stay], 0.25) is None
