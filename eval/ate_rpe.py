@@ -67,7 +67,8 @@ from planners import cem  # noqa: E402
 from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method, parse_alphas  # noqa: E402
 
 METHOD_NAMES = {"GNM": "gnm", "NoMaD": "nomad", "NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm",
-                "NWM+LTM": "nwm+ltm"}  # fmt: skip
+                "NWM+LTM": "nwm+ltm", "NoMaD+NWM": "nomad+nwm"}  # fmt: skip
+TABLE = ["GNM", "NoMaD", "NWM", "CoME", "NWM+STM", "NWM+LTM"]  # the default rows (NoMaD+NWM on request)
 CONTEXT, GOAL = 4, 8
 
 
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python eval/ate_rpe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
     p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT, help="checkpoint folder of every method")
-    p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), help=" ".join(METHOD_NAMES))
+    p.add_argument("--methods", nargs="+", default=TABLE, help=" ".join(METHOD_NAMES))
     p.add_argument("--split", default="test")
     p.add_argument("--split-dir", type=Path)
     p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")

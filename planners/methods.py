@@ -3,7 +3,9 @@
 - ``nwm``: the CEM planner over the base world model (NWM protocol);
 - ``gnm``, ``nomad``: goal-conditioned policies;
 - ``come``, ``nwm+stm``, ``nwm+ltm``: the CEM planner over composed memory experts
-  (:class:`MemoryPlanner`: base + STM + LTM + SLTM, base + STM, base + LTM).
+  (:class:`MemoryPlanner`: base + STM + LTM + SLTM, base + STM, base + LTM);
+- ``nomad+nwm``: the base world model ranking NoMaD's sampled trajectories instead of
+  searching with CEM (:class:`RankingPlanner`; NWM's use of a world model as a ranker).
 
 Checkpoints live in one folder per dataset, the world model's folder with every expert
 and policy beside it (``python -m nav_come.train_expert --out`` writes them there)::
@@ -40,13 +42,14 @@ from nav_come.checkpoint import CONFIG, CheckpointError, read_config
 from nav_come.compose import CPU_MAX_BATCH, ComposedDenoiser, rollout
 from nav_come.data.config import METRIC_WAYPOINT_SPACING, data_config
 from nav_come.experts import BaseExpert, LTMConfig, LTMExpert, load_expert
-from nav_come.geometry import step_actions, waypoints_from_actions
+from nav_come.geometry import actions_from_waypoints, step_actions, waypoints_from_actions
 from nav_come.memory_bank import EpisodeMemory
 from planners import cem
 from planners.cost import GoalDistance, memory_cost, world_model_cost
 from planners.timing import PlanTimer, section
 
-METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm")
+METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm", "nomad+nwm")
+RANKED_SAMPLES = 32  # NoMaD trajectories the world model ranks per plan (nomad+nwm)
 MEMORY_METHODS = {"come": ("stm", "ltm", "sltm"), "nwm+stm": ("stm",), "nwm+ltm": ("ltm",)}  # besides the base
 DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}  # DESIGN §1: about 2 for memory experts
 # With ONE sampler step the contrastive term has no later step to correct its extrapolation: on the
@@ -245,6 +248,39 @@ class MemoryPlanner(WorldModelPlanner):
         wm = self.world_model
         latents = rollout(self.denoiser, memory, motions.to(wm.device), wm.sampler_steps, generator, wm.sampler)
         return wm.decode(latents[0])
+
+
+class RankingPlanner(WorldModelPlanner):
+    """The world model ranks a policy's samples: the policy (NoMaD) proposes ``n`` trajectories
+    for the goal, each is rolled out ``rollouts`` times and scored with the planning cost, and
+    the cheapest is the plan. The world model judges, the policy proposes: ``n`` candidates
+    instead of CEM's 120 from a fixed prior."""
+
+    def __init__(self, policy, world_model, distance: GoalDistance, rollouts: int = 3, n: int = RANKED_SAMPLES,
+                 **penalties):  # fmt: skip
+        super().__init__(world_model, cem.CEMConfig(), distance, rollouts, **penalties)
+        self.policy, self.n = policy, n
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        generator: torch.Generator | None = None,
+        warm_start: PlanResult | None = None,
+        imagine: bool = False,
+    ) -> PlanResult:
+        """context (1, C, 3, H, W) in [0, 1]; goal (3, H, W). ``warm_start`` is not used."""
+        n = self.n
+        proposals = self.policy.predict(context.expand(n, *context.shape[1:]), goal[None].expand(n, *goal.shape),
+                                        generator=generator)["waypoints"].float().cpu()  # (n, K, 3)  # fmt: skip
+        with section(self.timer, "encode"):
+            start, note = self._start(context)
+        deltas = actions_from_waypoints(proposals)
+        costs = self._cost(start, goal, generator)(deltas).float().cpu()
+        best = int(costs.argmin())
+        imagined = self._imagine(start, _plan_motions(deltas[best]), generator) if imagine else None
+        return PlanResult(proposals[best], float(costs[best]), self.cost_name, imagined, note=note)
 
 
 class PolicyPlanner:
@@ -486,4 +522,6 @@ def load_method(
     if name in MEMORY_METHODS:
         return _memory_planner(name, names, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing,
                                alphas, penalties)  # fmt: skip
+    if name == "nomad+nwm":
+        return RankingPlanner(load_method("nomad", ckpt_dir, device).policy, wm, goal_distance, rollouts, **penalties)
     return WorldModelPlanner(wm, cem_config, goal_distance, rollouts, **penalties)

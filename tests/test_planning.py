@@ -204,3 +204,28 @@ def test_model_benchmark_reports_both_precisions(tiny_ckpt):
     forward = bench_forward_batch(tiny_ckpt, batches=(2, 4), repeats=1)
     assert [r["batch"] for r in forward] == [2, 4]
     assert all(r["s_per_forward"] > 0 and r["ms_per_sample"] > 0 for r in forward)
+
+
+class _FanPolicy:
+    """A stand-in NoMaD: sample b of a batch drives straight at heading (b - 2) * 0.3 rad."""
+
+    def predict(self, context, goal, generator=None):
+        B = context.shape[0]
+        heading = (torch.arange(B, dtype=torch.float32) - 2) * 0.3
+        step = torch.stack([heading.cos(), heading.sin(), torch.zeros(B)], 1)  # (B, 3)
+        wp = step[:, None] * torch.arange(1, 9, dtype=torch.float32)[None, :, None]
+        wp[..., 2] = heading[:, None]
+        return {"waypoints": wp, "distance": None}
+
+
+def test_ranking_planner_returns_the_cheapest_policy_sample():
+    from planners.methods import RankingPlanner
+
+    wm = tiny_world_model()
+    planner = RankingPlanner(_FanPolicy(), wm, GoalDistance("latent_mse"), rollouts=1, n=5)
+    target = torch.tensor([8 * np.cos(0.3), 8 * np.sin(0.3)], dtype=torch.float32)  # the end of sample 3
+    planner._cost = lambda start, goal, gen: lambda d: (cem.waypoints_from_actions(d)[:, -1, :2] - target).norm(dim=1)
+    ctx = torch.rand(1, 4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    res = planner(ctx, torch.rand(3, SIZE, SIZE), imagine=True)
+    assert res.waypoints.shape == (8, 3) and torch.allclose(res.waypoints[-1, :2], target, atol=1e-5)
+    assert res.cost == pytest.approx(0.0, abs=1e-5) and res.imagined.shape == (8, 3, SIZE, SIZE)
