@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--goal", required=True, help="goal image (PNG/JPEG, RGB)")
     p.add_argument("--context", nargs="+", help="context images, oldest first (default: examples/context_*.png)")
-    p.add_argument("--method", default="nwm", help="come | nwm | gnm | nomad | nomad+nwm (NWM ranks NoMaD's samples)")
+    p.add_argument("--method", default="nwm",
+                   help="come | nwm | gnm | nomad | nomad+nwm | nomad+come (the last two rank NoMaD samples)")
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint folder (ae/, base/, gnm/, nomad/)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

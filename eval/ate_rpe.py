@@ -67,8 +67,9 @@ from planners import cem  # noqa: E402
 from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method, parse_alphas  # noqa: E402
 
 METHOD_NAMES = {"GNM": "gnm", "NoMaD": "nomad", "NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm",
-                "NWM+LTM": "nwm+ltm", "NoMaD+NWM": "nomad+nwm"}  # fmt: skip
-TABLE = ["GNM", "NoMaD", "NWM", "CoME", "NWM+STM", "NWM+LTM"]  # the default rows (NoMaD+NWM on request)
+                "NWM+LTM": "nwm+ltm", "NoMaD+NWM": "nomad+nwm",
+                "NoMaD+CoME": "nomad+come"}  # fmt: skip
+TABLE = ["GNM", "NoMaD", "NWM", "CoME", "NWM+STM", "NWM+LTM"]  # the default rows (the NoMaD+ rankers on request)
 CONTEXT, GOAL = 4, 8
 
 

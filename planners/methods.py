@@ -4,8 +4,9 @@
 - ``gnm``, ``nomad``: goal-conditioned policies;
 - ``come``, ``nwm+stm``, ``nwm+ltm``: the CEM planner over composed memory experts
   (:class:`MemoryPlanner`: base + STM + LTM + SLTM, base + STM, base + LTM);
-- ``nomad+nwm``: the base world model ranking NoMaD's sampled trajectories instead of
-  searching with CEM (:class:`RankingPlanner`; NWM's use of a world model as a ranker).
+- ``nomad+nwm``, ``nomad+come``: the base world model, or CoME, ranking NoMaD's sampled
+  trajectories instead of searching with CEM (:class:`RankingPlanner`; NWM's use of a world
+  model as a ranker).
 
 Checkpoints live in one folder per dataset, the world model's folder with every expert
 and policy beside it (``python -m nav_come.train_expert --out`` writes them there)::
@@ -48,8 +49,8 @@ from planners import cem
 from planners.cost import GoalDistance, memory_cost, world_model_cost
 from planners.timing import PlanTimer, section
 
-METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm", "nomad+nwm")
-RANKED_SAMPLES = 32  # NoMaD trajectories the world model ranks per plan (nomad+nwm)
+METHODS = ("come", "nwm", "gnm", "nomad", "nwm+stm", "nwm+ltm", "nomad+nwm", "nomad+come")
+RANKED_SAMPLES = 32  # NoMaD trajectories the world model ranks per plan (nomad+nwm, nomad+come)
 MEMORY_METHODS = {"come": ("stm", "ltm", "sltm"), "nwm+stm": ("stm",), "nwm+ltm": ("ltm",)}  # besides the base
 DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}  # DESIGN §1: about 2 for memory experts
 # With ONE sampler step the contrastive term has no later step to correct its extrapolation: on the
@@ -250,16 +251,21 @@ class MemoryPlanner(WorldModelPlanner):
         return wm.decode(latents[0])
 
 
-class RankingPlanner(WorldModelPlanner):
-    """The world model ranks a policy's samples: the policy (NoMaD) proposes ``n`` trajectories
-    for the goal, each is rolled out ``rollouts`` times and scored with the planning cost, and
-    the cheapest is the plan. The world model judges, the policy proposes: ``n`` candidates
-    instead of CEM's 120 from a fixed prior."""
+class RankingPlanner:
+    """A world model ranks a policy's samples: the policy (NoMaD) proposes ``n`` trajectories for
+    the goal, the ``scorer`` (a :class:`WorldModelPlanner`, or a :class:`MemoryPlanner` for
+    CoME) rolls each out ``rollouts`` times and scores it with its planning cost, and the
+    cheapest is the plan: the world model judges, the policy proposes (``n`` candidates instead
+    of CEM's 120 drawn from a fixed prior). Everything else (``observe``, ``world_model``,
+    ``distance``, ...) is the scorer's."""
 
-    def __init__(self, policy, world_model, distance: GoalDistance, rollouts: int = 3, n: int = RANKED_SAMPLES,
-                 **penalties):  # fmt: skip
-        super().__init__(world_model, cem.CEMConfig(), distance, rollouts, **penalties)
-        self.policy, self.n = policy, n
+    def __init__(self, policy, scorer: WorldModelPlanner, n: int = RANKED_SAMPLES):
+        self.policy, self.scorer, self.n = policy, scorer, n
+
+    def __getattr__(self, name: str):
+        if name == "scorer":  # not set yet: no delegation
+            raise AttributeError(name)
+        return getattr(self.scorer, name)
 
     @torch.no_grad()
     def __call__(
@@ -271,16 +277,16 @@ class RankingPlanner(WorldModelPlanner):
         imagine: bool = False,
     ) -> PlanResult:
         """context (1, C, 3, H, W) in [0, 1]; goal (3, H, W). ``warm_start`` is not used."""
-        n = self.n
+        n, scorer = self.n, self.scorer
         proposals = self.policy.predict(context.expand(n, *context.shape[1:]), goal[None].expand(n, *goal.shape),
                                         generator=generator)["waypoints"].float().cpu()  # (n, K, 3)  # fmt: skip
-        with section(self.timer, "encode"):
-            start, note = self._start(context)
+        with section(scorer.timer, "encode"):
+            start, note = scorer._start(context)
         deltas = actions_from_waypoints(proposals)
-        costs = self._cost(start, goal, generator)(deltas).float().cpu()
+        costs = scorer._cost(start, goal, generator)(deltas).float().cpu()
         best = int(costs.argmin())
-        imagined = self._imagine(start, _plan_motions(deltas[best]), generator) if imagine else None
-        return PlanResult(proposals[best], float(costs[best]), self.cost_name, imagined, note=note)
+        imagined = scorer._imagine(start, _plan_motions(deltas[best]), generator) if imagine else None
+        return PlanResult(proposals[best], float(costs[best]), scorer.cost_name, imagined, note=note)
 
 
 class PolicyPlanner:
@@ -494,6 +500,12 @@ def load_method(
     ckpt_dir = Path(ckpt_dir)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    if name.startswith("nomad+"):  # the world model (or CoME) ranks NoMaD's samples
+        kwargs = dict(cem_config=cem_config, distance=distance, sampler_steps=sampler_steps, rollouts=rollouts,
+                      lpips_weights=lpips_weights, spacing=spacing, alphas=alphas, distilled=distilled,
+                      length_weight=length_weight, collision_weight=collision_weight)  # fmt: skip
+        scorer = load_method(name.removeprefix("nomad+"), ckpt_dir, device, **kwargs)
+        return RankingPlanner(load_method("nomad", ckpt_dir, device).policy, scorer)
     if name in ("gnm", "nomad"):
         from planners.policy_common import load_policy
 
@@ -522,6 +534,4 @@ def load_method(
     if name in MEMORY_METHODS:
         return _memory_planner(name, names, experts_dir, wm, device, cem_config, goal_distance, rollouts, spacing,
                                alphas, penalties)  # fmt: skip
-    if name == "nomad+nwm":
-        return RankingPlanner(load_method("nomad", ckpt_dir, device).policy, wm, goal_distance, rollouts, **penalties)
     return WorldModelPlanner(wm, cem_config, goal_distance, rollouts, **penalties)

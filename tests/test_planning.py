@@ -222,10 +222,12 @@ def test_ranking_planner_returns_the_cheapest_policy_sample():
     from planners.methods import RankingPlanner
 
     wm = tiny_world_model()
-    planner = RankingPlanner(_FanPolicy(), wm, GoalDistance("latent_mse"), rollouts=1, n=5)
+    scorer = WorldModelPlanner(wm, cem.CEMConfig(), GoalDistance("latent_mse"), rollouts=1)
+    planner = RankingPlanner(_FanPolicy(), scorer, n=5)
     target = torch.tensor([8 * np.cos(0.3), 8 * np.sin(0.3)], dtype=torch.float32)  # the end of sample 3
-    planner._cost = lambda start, goal, gen: lambda d: (cem.waypoints_from_actions(d)[:, -1, :2] - target).norm(dim=1)
+    scorer._cost = lambda start, goal, gen: lambda d: (cem.waypoints_from_actions(d)[:, -1, :2] - target).norm(dim=1)
     ctx = torch.rand(1, 4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     res = planner(ctx, torch.rand(3, SIZE, SIZE), imagine=True)
     assert res.waypoints.shape == (8, 3) and torch.allclose(res.waypoints[-1, :2], target, atol=1e-5)
     assert res.cost == pytest.approx(0.0, abs=1e-5) and res.imagined.shape == (8, 3, SIZE, SIZE)
+    assert planner.world_model is wm and not hasattr(planner, "observe")  # the scorer's, delegated
