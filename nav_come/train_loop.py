@@ -366,3 +366,16 @@ def run_stages(prog: str, out: Path, stages: list[Callable[[], Callable[[], obje
         if tdist.is_initialized():
             tdist.destroy_process_group()
     return 0
+
+
+def head_cli(prog: str, parser: argparse.ArgumentParser, prepare: Callable, argv: list[str] | None = None) -> int:
+    """The CLI of a small head trained on cached latents (pose distance, clearance): parse,
+    check ``--data``, set ``--threads``, then ``prepare(args, dist)``'s fit through :func:`run_stages`.
+    ``args.argv`` keeps the command line for the checkpoint's reproduce command."""
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if not args.data.is_dir():
+        return cli_fail(prog, f"data folder {args.data} does not exist")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return run_stages(prog, args.out, [lambda: prepare(args, setup_distributed(args.device))])

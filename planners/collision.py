@@ -54,7 +54,7 @@ from nav_come.checkpoint import (
 )
 from nav_come.data import DataFormatError, split_path
 from nav_come.latents import LatentSet, encode_split
-from nav_come.train_loop import Distributed, LoopConfig, add_run_args, fit, run_stages, setup_distributed
+from nav_come.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
 
 KIND = "clearance"
 FOV_DEG = 90.0  # envs.worlds.CAMERA_FOVY: square images, the same horizontally
@@ -240,15 +240,7 @@ def prepare(args: argparse.Namespace, dist: Distributed):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    prog = "planners.collision"
-    if not args.data.is_dir():
-        print(f"{prog}: error: data folder {args.data} does not exist", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return run_stages(prog, args.out, [lambda: prepare(args, setup_distributed(args.device))])
+    return head_cli("planners.collision", build_parser(), prepare, argv)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from nav_come.checkpoint import (
 from nav_come.data import data_config, split_path
 from nav_come.geometry import se2_relative, wrap_angle
 from nav_come.latents import LatentSet, encode_split
-from nav_come.train_loop import Distributed, LoopConfig, add_run_args, fit, run_stages, setup_distributed
+from nav_come.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
 
 KIND = "posehead"
 VAL_PAIRS = 2048
@@ -248,15 +248,7 @@ def prepare(args: argparse.Namespace, dist: Distributed):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    prog = "planners.pose_distance"
-    if not args.data.is_dir():
-        print(f"{prog}: error: data folder {args.data} does not exist", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return run_stages(prog, args.out, [lambda: prepare(args, setup_distributed(args.device))])
+    return head_cli("planners.pose_distance", build_parser(), prepare, argv)
 
 
 if __name__ == "__main__":
