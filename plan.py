@@ -46,6 +46,8 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from planners.cost import add_penalty_args
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--goal", required=True, help="goal image (PNG/JPEG, RGB)")
     p.add_argument("--context", nargs="+", help="context images, oldest first (default: examples/context_*.png)")
@@ -62,9 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distance", default="auto",
                    help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal | pose")
     p.add_argument("--lpips-weights", help="TorchScript LPIPS module; without it LPIPS is not used")
-    p.add_argument("--length-weight", type=float, default=0.0, help="CEM cost per spacing unit of path")
-    p.add_argument("--collision-weight", type=float, default=0.0,
-                   help="CEM cost per metre of collision risk (needs CKPT/collision, planners.collision)")  # fmt: skip
+    add_penalty_args(p)
     p.add_argument("--figure", default=str(ROOT / "outputs" / "plan.png"))
     p.add_argument("--json", help="write the plan as JSON here")
     return p.parse_args(argv)

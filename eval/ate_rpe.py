@@ -61,9 +61,11 @@ from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E40
 from nav_come.data import DataFormatError, data_config, gt_waypoints, load_frames, poses, read_split, split_path  # noqa: E402
 from nav_come.data.recon import read_trajectory  # noqa: E402
 from nav_come.distill import resolve_steps  # noqa: E402
+from nav_come.geometry import se2_compose  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.train_loop import Distributed  # noqa: E402
 from planners import cem  # noqa: E402
+from planners.cost import add_penalty_args  # noqa: E402
 from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method, parse_alphas  # noqa: E402
 
 METHOD_NAMES = {"GNM": "gnm", "NoMaD": "nomad", "NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm",
@@ -199,9 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
     p.add_argument("--rollouts", type=int, default=3)
-    p.add_argument("--length-weight", type=float, default=0.0, help="CEM cost per spacing unit of path")
-    p.add_argument("--collision-weight", type=float, default=0.0,
-                   help="CEM cost per metre of collision risk (needs CKPT/collision, planners.collision)")  # fmt: skip
+    add_penalty_args(p)
     p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")
     p.add_argument("--distance", default="auto",
                    help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal | pose")
@@ -242,15 +242,16 @@ def plan_collisions(data: Path, samples: list[dict], plans: list[np.ndarray], sp
         worlds = [world_of(s["traj"]) for s in samples]
     except DataFormatError:
         return None
-    maps, hits = {}, []
+    maps, trajs, hits = {}, {}, []
     for s, w, plan in zip(samples, worlds, plans, strict=True):
         if w not in maps:
             maps[w] = OccupancyMap(generate_world(*w))
-        tr = read_trajectory(data / s["traj"], load_images=False)
-        (x, y), yaw = tr.position[s["t"]], tr.yaw[s["t"]]
-        px, py = plan[:, 0] * spacing, plan[:, 1] * spacing
-        world = np.stack([x + np.cos(yaw) * px - np.sin(yaw) * py, y + np.sin(yaw) * px + np.cos(yaw) * py], 1)
-        hits.append(min(maps[w].clearance_at(p) for p in world) < ROBOT_RADIUS)
+        if s["traj"] not in trajs:
+            trajs[s["traj"]] = read_trajectory(data / s["traj"], load_images=False)
+        tr = trajs[s["traj"]]
+        start = np.array([*tr.position[s["t"]], tr.yaw[s["t"]]])
+        world = se2_compose(start, np.concatenate([plan[:, :2] * spacing, plan[:, 2:]], 1))  # (K, 3) metres
+        hits.append(min(maps[w].clearance_at(p) for p in world[:, :2]) < ROBOT_RADIUS)
     return float(np.mean(hits))
 
 

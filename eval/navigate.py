@@ -39,6 +39,7 @@ from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E40
 from nav_come.data import data_config  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from planners import cem  # noqa: E402
+from planners.cost import add_penalty_args  # noqa: E402
 from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method  # noqa: E402
 from planners.mpc import MPC, TrackingController  # noqa: E402
 
@@ -105,9 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_SAMPLER_STEPS, help="world-model sampler steps")
     p.add_argument("--candidates", type=int, default=120)
     p.add_argument("--rollouts", type=int, default=3)
-    p.add_argument("--length-weight", type=float, default=0.0, help="CEM cost per spacing unit of path")
-    p.add_argument("--collision-weight", type=float, default=0.0,
-                   help="CEM cost per metre of collision risk (needs CKPT/collision, planners.collision)")  # fmt: skip
+    add_penalty_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path)
     p.add_argument("--gif-dir", type=Path)

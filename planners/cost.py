@@ -88,6 +88,13 @@ class GoalDistance:
         return (pred - goal).pow(2).flatten(1).mean(1)
 
 
+def add_penalty_args(p) -> None:
+    """The CLIs' ``--length-weight`` and ``--collision-weight`` (``load_method``'s penalties)."""
+    p.add_argument("--length-weight", type=float, default=0.0, help="CEM cost per spacing unit of path")
+    p.add_argument("--collision-weight", type=float, default=0.0,
+                   help="CEM cost per metre of collision risk (needs CKPT/collision, planners.collision)")  # fmt: skip
+
+
 def path_length(deltas: torch.Tensor) -> torch.Tensor:
     """Length of each candidate's path in spacing units: (N, H, 3) -> (N,)."""
     return deltas[..., :2].norm(dim=-1).sum(-1)
