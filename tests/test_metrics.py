@@ -118,3 +118,13 @@ def test_lpips_calls_a_user_torchscript_module(tmp_path, monkeypatch):
     assert lpips_available()
     x = torch.zeros(2, 3, 8, 8)
     torch.testing.assert_close(lpips(x, x + 0.25), torch.full((2,), 0.5))  # inputs scaled to [-1, 1]
+
+
+def test_paired_differences_against_hand_computed_values():
+    from eval.paired import paired
+
+    a = {0: np.array([[1.0, 0.5]]), 1: np.array([[2.0, 0.5]]), 2: np.array([[9.0, 9.0]])}
+    b = {0: np.array([[0.0, 0.5]]), 1: np.array([[0.0, 0.0]])}  # sample 2 only in a: ignored
+    r = paired(a, b)
+    assert r["n"] == 2 and r["ate"] == 1.5 and r["rpe"] == 0.25
+    assert np.isclose(r["ate_se"], np.std([1.0, 2.0], ddof=1) / np.sqrt(2))
