@@ -1,6 +1,7 @@
 """Closed-loop image-goal navigation in held-out simulator worlds.
 
     python eval/navigate.py [--methods GNM NoMaD NWM] [--episodes N] [--world maze] [--json out.json] [--gif-dir DIR]
+                            [--first-episode K] [--resume DIR]
 
 Each method drives the robot of ``nav_come/ImageNav-v0`` by receding-horizon
 control: at every step it plans 8 waypoints from the last 4 frames and the goal
@@ -14,6 +15,13 @@ start cold and need exploration.
 Reported per method: success rate (within 0.5 m of the goal), SPL (success
 weighted by shortest-path length over path driven), collisions per episode and
 seconds per decision. ``--gif-dir`` saves rollout GIFs (camera | goal | map).
+
+Episode k (from 0) has seed ``--seed`` + k and is a revisit when k is odd, so
+``--first-episode K --episodes N`` runs episodes K … K+N-1 of the same list:
+processes can split the episodes between them. ``--resume DIR`` keeps each
+method's result on each episode in ``DIR/<method>/<k>.json`` as it is done and
+reuses it, so an interrupted run resumes, and a run over all the episodes
+after the slices are done only gathers them into the table.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import envs  # noqa: E402, F401  (registers the env)
-from eval.ate_rpe import METHOD_NAMES  # noqa: E402
+from eval.ate_rpe import METHOD_NAMES, check_resume  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
 from nav_come.data import data_config  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
@@ -79,7 +87,8 @@ def run_episode(env, mpc: MPC, seed: int, revisit: bool, max_steps: int, record:
     success = bool(info["is_success"])
     spl = success * geodesic / max(path, geodesic, 1e-9)
     return {"success": success, "spl": spl, "collisions": collisions, "s_per_decision": float(np.mean(seconds)),
-            "revisit": revisit, "frames": frames}
+            "decisions": len(seconds), "path_m": path, "geodesic_m": float(geodesic), "revisit": revisit,
+            "frames": frames}
 
 
 def save_gif(path: Path, frames: list[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -100,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT)
     p.add_argument("--world", default="maze", choices=["maze", "outdoor"])
     p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--first-episode", type=int, default=0, help="run episodes K … K+episodes-1 (see above)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="keep each episode's result in DIR and reuse it")
     p.add_argument("--image-size", type=int, default=64, help="camera resolution; must match the models")
     p.add_argument("--max-steps", type=int, default=80)
     p.add_argument("--seed", type=int, default=0, help="episode seeds are seed, seed+1, …")
@@ -108,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts", type=int, default=3)
     add_penalty_args(p)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--qp", default="cvxpy", choices=["cvxpy", "numpy"],
+                   help="solver of the tracking QP (numpy: the same QP without cvxpy, planners/mpc.py)")
     p.add_argument("--json", type=Path)
     p.add_argument("--gif-dir", type=Path)
     p.add_argument("--gifs", type=int, default=2, help="episodes per method saved as GIFs")
@@ -127,23 +140,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = gym.make(envs.ENV_ID, world=args.world, max_steps=args.max_steps, image_size=args.image_size,
                    render_mode="rgb_array").unwrapped
-    rows = []
-    for m in args.methods:
+    if args.resume is not None:
         try:
-            planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, sampler_steps=args.steps,
-                                  rollouts=args.rollouts, length_weight=args.length_weight,
-                                  collision_weight=args.collision_weight)  # fmt: skip
-        except (MethodUnavailable, CheckpointError) as err:
-            print(f"skipped {m}: {err}")
-            continue
-        mpc = MPC(planner, TrackingController(), spacing=env.robot.spacing)
+            check_resume(args.resume, {"world": args.world, "max_steps": args.max_steps, "seed": args.seed,
+                                       "image_size": args.image_size, "steps": args.steps,
+                                       "candidates": args.candidates, "rollouts": args.rollouts,
+                                       "ckpt": str(args.ckpt), "length_weight": args.length_weight,
+                                       "collision_weight": args.collision_weight, "qp": args.qp})  # fmt: skip
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    episodes = range(args.first_episode, args.first_episode + args.episodes)
+    rows, records = [], {}
+    for m in args.methods:
+        keep = args.resume / m if args.resume is not None else None
+        kept = {k: keep / f"{k}.json" for k in episodes} if keep is not None else {}
+        mpc = None
+        if keep is None or not all(path.is_file() for path in kept.values()):
+            try:
+                planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, sampler_steps=args.steps,
+                                      rollouts=args.rollouts, length_weight=args.length_weight,
+                                      collision_weight=args.collision_weight)  # fmt: skip
+            except (MethodUnavailable, CheckpointError) as err:
+                print(f"skipped {m}: {err}")
+                continue
+            mpc = MPC(planner, TrackingController(solver=args.qp), spacing=env.robot.spacing)
         eps = []
-        for k in tqdm(range(args.episodes), desc=m, unit="episode"):
+        for k in tqdm(episodes, desc=m, unit="episode"):
+            if k in kept and kept[k].is_file():
+                eps.append(json.loads(kept[k].read_text()))
+                continue
             ep = run_episode(env, mpc, args.seed + k, revisit=k % 2 == 1, max_steps=args.max_steps,
                              record=bool(args.gif_dir) and k < args.gifs)
-            if ep["frames"]:
-                save_gif(args.gif_dir / f"{m}_{k}.gif", ep["frames"])
-            eps.append(ep)
+            frames = ep.pop("frames")
+            if frames:
+                save_gif(args.gif_dir / f"{m}_{k}.gif", frames)
+            eps.append({"episode": k, "seed": args.seed + k, **ep})
+            if k in kept:
+                kept[k].parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(kept[k], json.dumps(eps[-1]))
+        records[m] = eps
         rows.append({"method": m, "success": float(np.mean([e["success"] for e in eps])),
                      "spl": float(np.mean([e["spl"] for e in eps])),
                      "collisions": float(np.mean([e["collisions"] for e in eps])),
@@ -154,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['s_per_decision']:>11.3f}")
     if args.json:
         atomic_write_text(args.json, json.dumps({"rows": rows, "world": args.world, "seed": args.seed,
-                                                 "max_steps": args.max_steps}, indent=2))
+                                                 "first_episode": args.first_episode, "max_steps": args.max_steps,
+                                                 "qp": args.qp, "episodes": records}, indent=2))
     return 0
 
 

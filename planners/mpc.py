@@ -6,7 +6,11 @@ cvxpy: track the waypoints and their headings, respect the speed and turn-rate
 limits, and keep the commands smooth. The unicycle is linearised about a
 heading profile (the previous solution's), which makes the problem a QP; two
 such passes are enough at these horizons. The problem is built once with
-``cp.Parameter``s (DPP), so each re-solve only swaps numbers.
+``cp.Parameter``s (DPP), so each re-solve only swaps numbers. ``solver="numpy"``
+solves the same QP without cvxpy (for machines that lack it): it separates
+into two 8-variable box-constrained least squares, one in v and one in w, which
+accelerated projected gradient solves to 1e-10 (``tests/test_planning.py``
+checks it against cvxpy).
 
 ``MPC`` re-plans at every step from the frames the robot actually sees,
 warm-starting the CEM from the previous plan, and returns the first command.
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import cvxpy as cp
 import numpy as np
 import torch
 
@@ -27,26 +30,54 @@ class TrackingController:
     """QP tracking of K waypoints spaced ``dt`` apart; returns the first command (v m/s, w rad/s)."""
 
     def __init__(self, horizon: int = 8, dt: float = 0.25, v_max: float = 1.0, w_max: float = 1.0,
-                 heading_weight: float = 0.3, smooth_weight: float = 0.05, passes: int = 2):
-        self.K, self.dt, self.passes = horizon, dt, passes
-        self.v, self.w = cp.Variable(horizon), cp.Variable(horizon)
-        self.target = cp.Parameter((horizon, 2))  # waypoints, metres
-        self.target_yaw = cp.Parameter(horizon)
-        self.cos, self.sin = cp.Parameter(horizon), cp.Parameter(horizon)  # linearisation headings
+                 heading_weight: float = 0.3, smooth_weight: float = 0.05, passes: int = 2, solver: str = "cvxpy"):
+        if solver not in ("cvxpy", "numpy"):
+            raise ValueError(f"unknown QP solver {solver!r}; use cvxpy or numpy")
+        self.K, self.dt, self.passes, self.solver = horizon, dt, passes, solver
+        self.v_max, self.w_max, self.heading_weight, self.smooth_weight = v_max, w_max, heading_weight, smooth_weight
+        self.lower = np.tril(np.ones((horizon, horizon)))  # cumulative sums as a matrix: DPP-friendly
+        self.diff = np.eye(horizon) - np.eye(horizon, k=-1)  # first differences, the first against the last command
+        if solver == "cvxpy":
+            self._build_cvxpy()
+        self.last = np.zeros(2)
+
+    def _build_cvxpy(self) -> None:
+        import cvxpy as cp
+
+        K, dt = self.K, self.dt
+        self.v, self.w = cp.Variable(K), cp.Variable(K)
+        self.target = cp.Parameter((K, 2))  # waypoints, metres
+        self.target_yaw = cp.Parameter(K)
+        self.cos, self.sin = cp.Parameter(K), cp.Parameter(K)  # linearisation headings
         self.prev = cp.Parameter(2)  # last command, for smoothness
-        lower = np.tril(np.ones((horizon, horizon)))  # cumulative sums as a matrix: DPP-friendly
-        x = lower @ cp.multiply(self.cos, self.v) * dt
-        y = lower @ cp.multiply(self.sin, self.v) * dt
-        yaw = lower @ self.w * dt
+        x = self.lower @ cp.multiply(self.cos, self.v) * dt
+        y = self.lower @ cp.multiply(self.sin, self.v) * dt
+        yaw = self.lower @ self.w * dt
         track = cp.sum_squares(x - self.target[:, 0]) + cp.sum_squares(y - self.target[:, 1])
         dv = cp.hstack([self.v[:1] - self.prev[:1], cp.diff(self.v)])
         dw = cp.hstack([self.w[:1] - self.prev[1:], cp.diff(self.w)])
-        cost = track + heading_weight * cp.sum_squares(yaw - self.target_yaw)
-        cost += smooth_weight * (cp.sum_squares(dv) + cp.sum_squares(dw))
-        limits = [cp.abs(self.v) <= v_max, cp.abs(self.w) <= w_max]
+        cost = track + self.heading_weight * cp.sum_squares(yaw - self.target_yaw)
+        cost += self.smooth_weight * (cp.sum_squares(dv) + cp.sum_squares(dw))
+        limits = [cp.abs(self.v) <= self.v_max, cp.abs(self.w) <= self.w_max]
         self.problem = cp.Problem(cp.Minimize(cost), limits)
-        self.w_max = w_max
-        self.last = np.zeros(2)
+
+    def _solve(self, wp: np.ndarray, yaw: np.ndarray, heading: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """One linearised QP: the commands (v, w), each (K,), or None if the solver gave nothing."""
+        if self.solver == "cvxpy":
+            self.target.value, self.prev.value, self.target_yaw.value = wp, self.last, yaw
+            self.cos.value, self.sin.value = np.cos(heading), np.sin(heading)
+            self.problem.solve(warm_start=True)
+            return None if self.v.value is None else (self.v.value, self.w.value)
+        first = np.eye(self.K)[0]
+        smooth = np.sqrt(self.smooth_weight) * self.diff
+        dist = self.dt * self.lower
+        v = box_least_squares(np.vstack([dist * np.cos(heading), dist * np.sin(heading), smooth]),
+                              np.r_[wp[:, 0], wp[:, 1], np.sqrt(self.smooth_weight) * self.last[0] * first],
+                              self.v_max)  # fmt: skip
+        w = box_least_squares(np.vstack([np.sqrt(self.heading_weight) * dist, smooth]),
+                              np.r_[np.sqrt(self.heading_weight) * yaw,
+                                    np.sqrt(self.smooth_weight) * self.last[1] * first], self.w_max)  # fmt: skip
+        return v, w
 
     def reset(self) -> None:
         self.last = np.zeros(2)
@@ -55,20 +86,40 @@ class TrackingController:
         """waypoints (K', 3): x, y in metres and yaw in radians, robot frame; K' >= 1 is resampled to K."""
         wp = np.asarray(waypoints, float)
         wp = np.vstack([wp, np.repeat(wp[-1:], max(0, self.K - len(wp)), 0)])[: self.K]
-        self.target.value, self.prev.value = wp[:, :2], self.last
-        self.target_yaw.value = np.unwrap(np.r_[0.0, wp[:, 2]])[1:]
+        yaw = np.unwrap(np.r_[0.0, wp[:, 2]])[1:]
         # first linearisation: turn towards each waypoint as fast as the limit allows
         bearing = np.unwrap(np.r_[0.0, np.arctan2(*(np.diff(np.vstack([[0, 0], wp[:, :2]]), axis=0)).T[::-1])])[1:]
         cap = self.w_max * self.dt * np.arange(1, self.K + 1)
         heading = np.clip(bearing, -cap, cap)
         for _ in range(self.passes):
-            self.cos.value, self.sin.value = np.cos(heading), np.sin(heading)
-            self.problem.solve(warm_start=True)
-            if self.v.value is None:  # infeasible cannot happen with box limits; be safe anyway
+            solved = self._solve(wp[:, :2], yaw, heading)
+            if solved is None:  # infeasible cannot happen with box limits; be safe anyway
                 return 0.0, 0.0
-            heading = np.r_[0.0, np.cumsum(self.w.value)[:-1] * self.dt] + self.w.value * self.dt / 2
-        self.last = np.array([self.v.value[0], self.w.value[0]])
+            v, w = solved
+            heading = np.r_[0.0, np.cumsum(w)[:-1] * self.dt] + w * self.dt / 2
+        self.commands = np.stack([v, w], 1)  # (K, 2): the whole solution, its first row is applied
+        self.last = self.commands[0].copy()
         return float(self.last[0]), float(self.last[1])
+
+
+def box_least_squares(A: np.ndarray, b: np.ndarray, bound: float, tol: float = 1e-10,
+                      max_iter: int = 20000) -> np.ndarray:
+    """argmin ||A z - b||^2 subject to |z_i| <= bound, by accelerated projected gradient (FISTA with
+    restarts). A has full column rank here (the smoothness rows), so the minimiser is unique."""
+    H, g = A.T @ A, A.T @ b
+    step = 1.0 / np.linalg.eigvalsh(H)[-1]
+    z = y = np.clip(np.linalg.lstsq(A, b, rcond=None)[0], -bound, bound)
+    t = 1.0
+    for _ in range(max_iter):
+        z_new = np.clip(y - step * (H @ y - g), -bound, bound)
+        if np.abs(z_new - z).max() < tol:
+            return z_new
+        t_new = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        y = z_new + (t - 1) / t_new * (z_new - z)
+        if (y - z_new) @ (z_new - z) > 0:  # momentum points uphill: restart it
+            y, t_new = z_new, 1.0
+        z, t = z_new, t_new
+    return z
 
 
 class MPC:
