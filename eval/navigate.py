@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = args.resume / m if args.resume is not None else None
         kept = {k: keep / f"{k}.json" for k in episodes} if keep is not None else {}
         mpc = None
-        if keep is None or not all(path.is_file() for path in kept.values()):
+        if not kept or not all(path.is_file() for path in kept.values()):  # some episode left to run
             try:
                 planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, sampler_steps=args.steps,
                                       rollouts=args.rollouts, length_weight=args.length_weight,

@@ -36,7 +36,10 @@ class TrackingController:
         self.K, self.dt, self.passes, self.solver = horizon, dt, passes, solver
         self.v_max, self.w_max, self.heading_weight, self.smooth_weight = v_max, w_max, heading_weight, smooth_weight
         self.lower = np.tril(np.ones((horizon, horizon)))  # cumulative sums as a matrix: DPP-friendly
-        self.diff = np.eye(horizon) - np.eye(horizon, k=-1)  # first differences, the first against the last command
+        # the numpy solver's fixed rows: distance travelled, and the weighted first differences of the
+        # commands, the first one against the last command applied
+        self.dist = dt * self.lower
+        self.smooth = np.sqrt(smooth_weight) * (np.eye(horizon) - np.eye(horizon, k=-1))
         if solver == "cvxpy":
             self._build_cvxpy()
         self.last = np.zeros(2)
@@ -68,15 +71,11 @@ class TrackingController:
             self.cos.value, self.sin.value = np.cos(heading), np.sin(heading)
             self.problem.solve(warm_start=True)
             return None if self.v.value is None else (self.v.value, self.w.value)
-        first = np.eye(self.K)[0]
-        smooth = np.sqrt(self.smooth_weight) * self.diff
-        dist = self.dt * self.lower
-        v = box_least_squares(np.vstack([dist * np.cos(heading), dist * np.sin(heading), smooth]),
-                              np.r_[wp[:, 0], wp[:, 1], np.sqrt(self.smooth_weight) * self.last[0] * first],
-                              self.v_max)  # fmt: skip
-        w = box_least_squares(np.vstack([np.sqrt(self.heading_weight) * dist, smooth]),
-                              np.r_[np.sqrt(self.heading_weight) * yaw,
-                                    np.sqrt(self.smooth_weight) * self.last[1] * first], self.w_max)  # fmt: skip
+        prev_v, prev_w = np.outer(self.smooth[0, 0] * self.last, np.eye(self.K)[0])  # (K,) each: first rows' targets
+        v = box_least_squares(np.vstack([self.dist * np.cos(heading), self.dist * np.sin(heading), self.smooth]),
+                              np.r_[wp[:, 0], wp[:, 1], prev_v], self.v_max)  # fmt: skip
+        hw = np.sqrt(self.heading_weight)
+        w = box_least_squares(np.vstack([hw * self.dist, self.smooth]), np.r_[hw * yaw, prev_w], self.w_max)
         return v, w
 
     def reset(self) -> None:
