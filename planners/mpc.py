@@ -71,7 +71,8 @@ class TrackingController:
             self.cos.value, self.sin.value = np.cos(heading), np.sin(heading)
             self.problem.solve(warm_start=True)
             return None if self.v.value is None else (self.v.value, self.w.value)
-        prev_v, prev_w = np.outer(self.smooth[0, 0] * self.last, np.eye(self.K)[0])  # (K,) each: first rows' targets
+        prev_v, prev_w = np.zeros((2, self.K))  # the smoothness rows' targets: only the first, against
+        prev_v[0], prev_w[0] = self.smooth[0, 0] * self.last  # the last command applied
         v = box_least_squares(np.vstack([self.dist * np.cos(heading), self.dist * np.sin(heading), self.smooth]),
                               np.r_[wp[:, 0], wp[:, 1], prev_v], self.v_max)  # fmt: skip
         hw = np.sqrt(self.heading_weight)
