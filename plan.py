@@ -46,6 +46,7 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from nav_come.core.precision import add_precision_arg
     from planners.cost import add_penalty_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -55,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="come | nwm | gnm | nomad | nomad+nwm | nomad+come (the last two rank NoMaD samples)")
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint folder (ae/, base/, gnm/, nomad/)")
     p.add_argument("--device", default="cpu")
+    add_precision_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     p.add_argument("--steps", type=int, help="sampler steps per prediction (default: the planners' default)")
@@ -81,7 +83,8 @@ def run(args) -> dict:
     steps = args.steps or DEFAULT_SAMPLER_STEPS
     planner = load_method(method, args.ckpt, args.device, distance=args.distance, sampler_steps=steps,
                           rollouts=args.rollouts, lpips_weights=args.lpips_weights, cem_config=cem_config,
-                          length_weight=args.length_weight, collision_weight=args.collision_weight)
+                          length_weight=args.length_weight, collision_weight=args.collision_weight,
+                          precision=args.precision)
     size = planner.world_model.ae.config.image_size if hasattr(planner, "world_model") else 64
     n_ctx = planner.world_model.context if hasattr(planner, "world_model") else 4
     paths = args.context or sorted(map(str, EXAMPLES.glob("context_*.png")))
@@ -98,13 +101,15 @@ def run(args) -> dict:
     wp_m = np.concatenate([wp[:, :2] * spacing, wp[:, 2:]], 1)
     meta = EXAMPLES / "example.json"
     truth = json.loads(meta.read_text())["true_waypoints"] if args.context is None and meta.is_file() else None
-    return {"method": method, "waypoints": wp.round(4).tolist(), "waypoints_m": wp_m.round(4).tolist(),
-            "cost": res.cost, "cost_name": res.cost_name, "seconds": round(seconds, 2), "seed": args.seed,
+    precision = planner.world_model.precision if hasattr(planner, "world_model") else "fp32"  # policies: fp32
+    return {"method": method, "precision": precision, "waypoints": wp.round(4).tolist(),
+            "waypoints_m": wp_m.round(4).tolist(), "cost": res.cost, "cost_name": res.cost_name,
+            "seconds": round(seconds, 2), "seed": args.seed,
             "_context": context, "_goal": goal, "_imagined": res.imagined, "_spacing": spacing, "_truth": truth}
 
 
 def report(out: dict, args) -> None:
-    print(f"method {out['method']}, planned in {out['seconds']:.1f} s (seed {out['seed']})")
+    print(f"method {out['method']}, planned in {out['seconds']:.1f} s (seed {out['seed']}, {out['precision']})")
     print(f"{'k':>2} {'x':>7} {'y':>7} {'yaw':>7}   {'x (m)':>7} {'y (m)':>7}")
     for k, (w, m) in enumerate(zip(out["waypoints"], out["waypoints_m"], strict=True), 1):
         print(f"{k:>2} {w[0]:>7.2f} {w[1]:>7.2f} {w[2]:>7.2f}   {m[0]:>7.2f} {m[1]:>7.2f}")

@@ -58,6 +58,7 @@ from tqdm import tqdm  # noqa: E402
 from eval import distributed  # noqa: E402
 from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.precision import add_precision_arg, resolve  # noqa: E402
 from nav_come.data import DataFormatError, data_config, gt_waypoints, load_frames, poses, read_split, split_path  # noqa: E402
 from nav_come.data.recon import read_trajectory  # noqa: E402
 from nav_come.distill import resolve_steps  # noqa: E402
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
                    help="memory methods: an expert's coefficient (base 1); 0 leaves the expert out")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: cuda:LOCAL_RANK, ranks share GPUs)")
+    add_precision_arg(p)
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path, help="PNG of planned vs ground-truth waypoints for a few samples")
@@ -280,7 +282,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
             planners[m] = load_method(METHOD_NAMES[m], args.ckpt, device, cem_cfg, args.distance, steps, args.rollouts,
                                       args.lpips_weights, sp, alphas, distilled=args.distilled,
                                       length_weight=args.length_weight,
-                                      collision_weight=args.collision_weight)  # fmt: skip
+                                      collision_weight=args.collision_weight, precision=args.precision)  # fmt: skip
         except (MethodUnavailable, ValueError) as err:
             skipped[m] = str(err)
     size = next((p.world_model.ae.config.image_size for p in planners.values() if hasattr(p, "world_model")), 64)
@@ -294,7 +296,8 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     protocol = {"split": args.split, "goal_offset": GOAL, "context": CONTEXT, "seeds": args.seeds,
                 "n_samples": len(samples_idx), "cem": {"candidates": args.candidates, "top_k": args.top_k,
                 "iterations": args.iterations, "rollouts": args.rollouts}, "sampler_steps": steps,
-                "metric_waypoint_spacing": sp, "ckpt": str(args.ckpt), "distance": distance}  # fmt: skip
+                "metric_waypoint_spacing": sp, "ckpt": str(args.ckpt), "distance": distance,
+                "precision": resolve(args.precision, device)}  # fmt: skip
     if memory:
         protocol["history"] = args.history
         protocol["alphas"] = {m: dict(planners[m].denoiser.alphas) for m in memory}  # each composition, as run

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nav_come.core.precision import PRECISIONS
 from nav_come.io import atomic_write_text
 
 
@@ -79,6 +80,31 @@ def bench_render(sizes=(64, 128), frames: int = 300, seed: int = 0) -> list[dict
     return rows
 
 
+BENCH_PRECISIONS = ("fp32", "bf16")  # side by side by default
+
+
+def precisions(names: list[str], device: str = "cpu") -> tuple[str, ...]:
+    """The precisions to time, "auto" resolved for ``device``, each once, in the order given."""
+    from nav_come.core.precision import resolve
+
+    return tuple(dict.fromkeys(resolve(n, device) for n in names))
+
+
+def precision_report(device: str = "cpu") -> dict:
+    """``cpu_flags`` (the relevant subset and torch's CPU capability) and what ``auto`` picks on ``device``."""
+    from nav_come.core.precision import cpu_report, resolve
+
+    return {"cpu_flags": cpu_report(), "auto_precision": resolve("auto", device)}
+
+
+def format_precision(report: dict) -> str:
+    cpu = report["cpu_flags"]
+    isa = f", ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']}" if cpu["onednn_max_cpu_isa"] else ""
+    why = "native bf16" if cpu["native_bf16"] else "no native bf16 on this CPU"
+    return (f"cpu: torch capability {cpu['capability']}, flags {' '.join(cpu['flags']) or '(none read)'}{isa}; "
+            f"--precision auto picks {report['auto_precision']} ({why})")
+
+
 def _median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -89,13 +115,14 @@ def _median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int = 5,
-                repeats: int = 3) -> list[dict]:
-    """Seconds per training step (batch 32) and frames/s of one-step predictions, bf16 and fp32 side by side."""
+def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int = 5, repeats: int = 3,
+                precisions=BENCH_PRECISIONS) -> list[dict]:  # fmt: skip
+    """Seconds per training step (batch 32) and frames/s of one-step predictions, one row per precision."""
     import torch
 
+    from nav_come.core.precision import autocast
     from nav_come.dit import dit_training_loss
-    from nav_come.world_model import WorldModel, autocast
+    from nav_come.world_model import WorldModel
 
     wm = WorldModel.from_pretrained(ckpt)
     dit, (c, h, w), C = wm.dit, wm.latent_shape, wm.context
@@ -106,7 +133,8 @@ def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int
     size = wm.ae.config.image_size
     ctx, actions = torch.rand(1, C, 3, size, size), torch.randn(batch_sample, 3) * 0.3
     rows = []
-    for bf16 in (True, False):
+    for precision in precisions:
+        bf16 = precision == "bf16"
         dit.requires_grad_(True).train()
 
         def train_step(bf16=bf16):
@@ -120,7 +148,7 @@ def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int
         dit.requires_grad_(False).eval()
         wm.bf16 = bf16
         s_pred = _median_seconds(lambda: wm.predict(ctx, actions, generator=g, steps=steps), repeats)
-        rows.append({"bf16": bf16, "train_s_per_step": round(s_step, 3), "train_batch": batch_train,
+        rows.append({"precision": precision, "train_s_per_step": round(s_step, 3), "train_batch": batch_train,
                      "predict_frames_per_s": round(batch_sample / s_pred, 1), "predict_batch": batch_sample,
                      "sampler_steps": steps})
     return rows
@@ -129,12 +157,13 @@ def bench_model(ckpt, batch_train: int = 32, batch_sample: int = 120, steps: int
 FORWARD_BATCHES = (90, 180, 360, 720)  # 360 = one NWM-preset denoiser call (120 candidates × 3 rollouts)
 
 
-def bench_forward_batch(ckpt, batches=FORWARD_BATCHES, repeats: int = 3) -> list[dict]:
-    """Seconds of one base-DiT forward (bf16) per batch size, and per sample: where a larger batch
-    stops paying (``nav_come.compose.CPU_MAX_BATCH``, the cap on batched branches)."""
+def bench_forward_batch(ckpt, batches=FORWARD_BATCHES, repeats: int = 3, precision: str = "auto") -> list[dict]:
+    """Seconds of one base-DiT forward per batch size, and per sample, at ``precision``: where a larger
+    batch stops paying (``nav_come.compose.CPU_MAX_BATCH``, the cap on batched branches)."""
     import torch
 
-    from nav_come.world_model import WorldModel, autocast
+    from nav_come.core.precision import autocast, resolve, use_bf16
+    from nav_come.world_model import WorldModel
 
     wm = WorldModel.from_pretrained(ckpt)
     (c, h, w), C = wm.latent_shape, wm.context
@@ -145,11 +174,12 @@ def bench_forward_batch(ckpt, batches=FORWARD_BATCHES, repeats: int = 3) -> list
         x, t, a = torch.randn(b, c, h, w, generator=g), torch.rand(b, generator=g), torch.randn(b, 3, generator=g)
 
         def forward(x=x, t=t, a=a, b=b):
-            with torch.no_grad(), autocast(torch.device("cpu"), True):
+            with torch.no_grad(), autocast(torch.device("cpu"), use_bf16(precision)):
                 wm.dit(x, t, context=ctx.expand(b, -1, -1, -1, -1), action=a)
 
         sec = _median_seconds(forward, repeats)
-        rows.append({"batch": b, "s_per_forward": round(sec, 6), "ms_per_sample": round(1000 * sec / b, 3)})
+        rows.append({"batch": b, "s_per_forward": round(sec, 6), "ms_per_sample": round(1000 * sec / b, 3),
+                     "precision": resolve(precision)})
     return rows
 
 
@@ -349,6 +379,16 @@ def time_plan(planner, episode: dict, seed: int) -> tuple[float, dict]:
     return total, {**split, "cem": max(total - sum(split.values()), 0.0)}
 
 
+def set_precision(planner, precision: str) -> None:
+    """Run the planner's world model and experts at ``precision`` ("fp32" or "bf16")."""
+    bf16 = precision == "bf16"
+    planner.world_model.bf16 = bf16
+    if (composed := getattr(planner, "denoiser", None)) is not None:
+        composed.bf16 = bf16
+        for expert in composed.experts.values():
+            expert.bf16 = bf16
+
+
 def set_steps(planner, steps: int) -> None:
     """Sample with ``steps`` sampler steps; a composition takes that step count's default alphas
     (``planners.methods.default_alphas``), as ``load_method`` would give it."""
@@ -400,19 +440,22 @@ def _observe(planner, episode: dict) -> dict:
 
 
 def _method_rows(label: str, planner, sampler: str, steps: list[int], plans: int, episode: dict, unbatched: bool,
-                 extra: dict, log) -> list[dict]:  # fmt: skip
-    set_steps(planner, min(steps))
-    time_plan(planner, episode, 0)  # warm-up: allocations and kernels for these batch shapes
+                 extra: dict, log, precisions=BENCH_PRECISIONS) -> list[dict]:  # fmt: skip
     rows = []
-    for s in steps:
-        log(f"  {label} {sampler} {s} steps ...")
-        rows.append({"method": label, "sampler": sampler, "sampler_steps": s,
-                     **bench_row(planner, episode, s, plans, unbatched), **extra})  # fmt: skip
+    for precision in precisions:
+        set_precision(planner, precision)
+        set_steps(planner, min(steps))
+        time_plan(planner, episode, 0)  # warm-up: allocations and kernels for these batch shapes
+        for s in steps:
+            log(f"  {label} {sampler} {s} steps {precision} ...")
+            rows.append({"method": label, "sampler": sampler, "sampler_steps": s, "precision": precision,
+                         **bench_row(planner, episode, s, plans, unbatched), **extra})  # fmt: skip
     return rows
 
 
 def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int = 3, device: str = "cpu",
-               candidates: int = 120, rollouts: int = 3, unbatched: bool = False, log=print) -> dict:  # fmt: skip
+               candidates: int = 120, rollouts: int = 3, unbatched: bool = False, log=print,
+               precisions=BENCH_PRECISIONS) -> dict:  # fmt: skip
     """The planning benchmark's report (see the module docstring); methods whose checkpoints are
     missing, and the distilled sampler while it has no checkpoint, are listed under "skipped"."""
     import torch
@@ -437,7 +480,8 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
         planner.timer = PlanTimer(device)
         with torch.no_grad():
             extra = _observe(planner, episode)
-            rows += _method_rows(label, planner, "multistep", list(steps), plans, episode, unbatched, extra, log)
+            rows += _method_rows(label, planner, "multistep", list(steps), plans, episode, unbatched, extra, log,
+                                 precisions)  # fmt: skip
             if not distilled_root(ckpt).is_dir():
                 skipped["distilled"] = "no distilled checkpoint"
                 continue
@@ -448,12 +492,13 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
                     continue
                 distilled.timer = PlanTimer(device)
                 extra = _observe(distilled, episode)
-                rows += _method_rows(label, distilled, "distilled", [s], plans, episode, unbatched, extra, log)
-    nwm = {(r["sampler"], r["sampler_steps"]): r["s_per_plan"] for r in rows if r["method"] == "NWM"}
+                rows += _method_rows(label, distilled, "distilled", [s], plans, episode, unbatched, extra, log,
+                                     precisions)  # fmt: skip
+    nwm = {(r["sampler"], r["sampler_steps"], r["precision"]): r["s_per_plan"] for r in rows if r["method"] == "NWM"}
     for r in rows:
-        base = nwm.get((r["sampler"], r["sampler_steps"]))
+        base = nwm.get((r["sampler"], r["sampler_steps"], r["precision"]))
         r["vs_nwm"] = round(r["s_per_plan"] / base, 3) if base else None
-    return {"machine": machine(), "device": device, "threads": torch.get_num_threads(),
+    return {"machine": machine(), "device": device, "threads": torch.get_num_threads(), **precision_report(device),
             "default_steps": DEFAULT_SAMPLER_STEPS, "rows": rows, "skipped": skipped,
             "episode": episode["source"] if episode else None,
             "protocol": {"candidates": cfg.n_candidates, "top_k": cfg.top_k, "iterations": cfg.iterations,
@@ -465,13 +510,15 @@ def format_plan_table(rows: list[dict]) -> str:
     """Seconds per plan and its split; forwards per plan batched and unbatched (and, if timed, the
     seconds per plan of one forward per branch without and with dedup)."""
     extra = any("s_per_plan_unbatched" in r for r in rows)
-    head = (f"{'method':<8} {'sampler':<9} {'steps':>5} {'s/plan':>8} {'xNWM':>5} {'fwd/plan':>8} {'unbatched':>9} "
-            f"{'batch':>6} {'encode':>7} {'denoise':>8} {'decode':>7} {'cost':>6} {'cem':>6}")  # fmt: skip
+    head = (f"{'method':<8} {'sampler':<9} {'steps':>5} {'prec':>4} {'s/plan':>8} {'xNWM':>5} {'fwd/plan':>8} "
+            f"{'unbatched':>9} {'batch':>6} {'encode':>7} {'denoise':>8} {'decode':>7} {'cost':>6} "
+            f"{'cem':>6}")  # fmt: skip
     lines = [head + (f" {'s unbatched':>11} {'s dedup-only':>12}" if extra else "")]
     for r in rows:
         sp, ratio = r["split_s"], f"{r['vs_nwm']:.2f}" if r["vs_nwm"] is not None else "-"
-        line = (f"{r['method']:<8} {r['sampler']:<9} {r['sampler_steps']:>5} {r['s_per_plan']:>8.2f} {ratio:>5} "
-                f"{r['forwards_per_plan']:>8} {r['forwards_unbatched']:>9} {r['batch']:>6} {sp['encode']:>7.3f} "
+        line = (f"{r['method']:<8} {r['sampler']:<9} {r['sampler_steps']:>5} {r['precision']:>4} "
+                f"{r['s_per_plan']:>8.2f} {ratio:>5} {r['forwards_per_plan']:>8} {r['forwards_unbatched']:>9} "
+                f"{r['batch']:>6} {sp['encode']:>7.3f} "
                 f"{sp['denoise']:>8.2f} {sp['decode']:>7.3f} {sp['cost']:>6.3f} {sp['cem']:>6.3f}")  # fmt: skip
         if "s_per_plan_unbatched" in r:
             line += f" {r['s_per_plan_unbatched']:>11.2f} {r['s_per_plan_dedup_only']:>12.2f}"
@@ -490,7 +537,8 @@ def _plan_main(args) -> dict:
     if plans < 1 or min(steps) < 1:
         raise ValueError(f"--plans and --steps must be >= 1, got {plans} and {steps}")
     out = bench_plan(args.ckpt, args.methods, steps, plans, args.device, args.candidates, args.rollouts,
-                     args.unbatched, log=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
+                     args.unbatched, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                     precisions=precisions(args.precision, args.device))  # fmt: skip
     proto = out["protocol"]
     print(f"plan: device {out['device']}, torch threads {out['threads']}; {proto['candidates']} candidates × "
           f"{proto['rollouts']} rollouts × {proto['horizon']} steps, {proto['iterations']} CEM iteration(s), "
@@ -519,6 +567,8 @@ def main(argv=None) -> int:
     p.add_argument("--plans", type=int, help="plan: plans timed per row (default 3; --quick 1)")
     p.add_argument("--quick", action="store_true", help="plan: default step count only, one plan per row")
     p.add_argument("--device", default="cpu", help="plan: cpu | cuda")
+    p.add_argument("--precision", nargs="+", default=list(BENCH_PRECISIONS), choices=PRECISIONS,
+                   help="model, plan: precisions side by side (auto: what plan.py would pick here)")  # fmt: skip
     p.add_argument("--candidates", type=int, default=120, help="plan: CEM candidates (NWM preset 120)")
     p.add_argument("--rollouts", type=int, default=3, help="plan: rollouts per candidate (NWM preset 3)")
     p.add_argument("--unbatched", action="store_true",
@@ -529,6 +579,8 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}  (MUJOCO_GL={os.environ.get('MUJOCO_GL')}, threads {args.threads or 'default'})")
+    if args.what in ("model", "plan"):
+        print(format_precision(precision_report(args.device)))
     if args.what == "plan":
         from nav_come.checkpoint import CheckpointError
 
@@ -555,12 +607,12 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"{r['world']:<8} {r['image_size']:>5} {r['fps']:>9.1f}")
     else:
-        rows = bench_model(args.ckpt)
-        print(f"{'bf16':<6} {'train s/step (B=32)':>20} {'predict frames/s (B=120)':>25}")
+        rows = bench_model(args.ckpt, precisions=precisions(args.precision, "cpu"))
+        print(f"{'precision':<9} {'train s/step (B=32)':>20} {'predict frames/s (B=120)':>25}")
         for r in rows:
-            print(f"{str(r['bf16']):<6} {r['train_s_per_step']:>20.3f} {r['predict_frames_per_s']:>25.1f}")
-        extra["forward_batch"] = bench_forward_batch(args.ckpt)
-        print(f"\n{'batch':>6} {'s/forward':>10} {'ms/sample':>10}   (base DiT, bf16)")
+            print(f"{r['precision']:<9} {r['train_s_per_step']:>20.3f} {r['predict_frames_per_s']:>25.1f}")
+        extra = {**precision_report("cpu"), "forward_batch": bench_forward_batch(args.ckpt)}
+        print(f"\n{'batch':>6} {'s/forward':>10} {'ms/sample':>10}   (base DiT, {extra['auto_precision']}: auto)")
         for r in extra["forward_batch"]:
             print(f"{r['batch']:>6} {r['s_per_forward']:>10.3f} {r['ms_per_sample']:>10.3f}")
     if args.json:

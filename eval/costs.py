@@ -47,6 +47,7 @@ from tqdm import tqdm  # noqa: E402
 from eval.ate_rpe import load_sample, load_samples  # noqa: E402
 from eval.metrics import ate, rpe  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.precision import add_precision_arg, resolve, use_bf16  # noqa: E402
 from nav_come.data import DataFormatError, data_config, poses, read_trajectory  # noqa: E402
 from nav_come.distill import distilled_steps, distilled_world_model  # noqa: E402
 from nav_come.geometry import se2_compose, waypoints_from_actions, wrap_angle  # noqa: E402
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    add_precision_arg(p)
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
     p.add_argument("--figure", type=Path, help="PNG of ATE against sampler steps, per distance")
@@ -155,11 +157,13 @@ def world_models(args) -> list[tuple[str, int, WorldModel]]:
     """(sampler, steps, world model) for every ``--steps`` (multistep DDIM), then every step count
     distilled in ``--distilled``."""
     if args.sim_only:  # the autoencoder (for the latent distance), no sampler
-        return [("simulator", 0, WorldModel.from_pretrained(args.ckpt, device=args.device))]
-    out = [("multistep", k, WorldModel.from_pretrained(args.ckpt, device=args.device, sampler_steps=k))
+        return [("simulator", 0, WorldModel.from_pretrained(args.ckpt, device=args.device, precision=args.precision))]
+    out = [("multistep", k, WorldModel.from_pretrained(args.ckpt, device=args.device, sampler_steps=k,
+                                                   precision=args.precision))
            for k in args.steps]  # fmt: skip
     for k in distilled_steps(args.distilled) if args.distilled else []:
-        out.append(("distilled", k, distilled_world_model(args.ckpt, args.distilled, k, args.device)))
+        bf16 = use_bf16(args.precision, args.device)
+        out.append(("distilled", k, distilled_world_model(args.ckpt, args.distilled, k, args.device, bf16)))
     return out
 
 
@@ -230,7 +234,8 @@ def run(args) -> dict:
                   if (args.ckpt / folder).is_dir()]  # the learned ones whose networks are there  # fmt: skip
     protocol = {"split": args.split, "n_samples": len(samples), "seed": args.seed, "candidates": cem_cfg.n_candidates,
                 "top_k": cem_cfg.top_k, "rollouts": args.rollouts, "ckpt": str(args.ckpt),
-                "distilled": str(args.distilled) if args.distilled else None}  # fmt: skip
+                "distilled": str(args.distilled) if args.distilled else None,
+                "precision": resolve(args.precision, args.device)}  # fmt: skip
     out = {"runs": [], "protocol": protocol, "data": str(args.data)}
     for sampler, steps, wm in world_models(args):
         out["runs"].append({"sampler": sampler, "sampler_steps": steps,

@@ -44,6 +44,7 @@ from tqdm import tqdm  # noqa: E402
 import envs  # noqa: E402, F401  (registers the env)
 from eval.ate_rpe import METHOD_NAMES, check_resume  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.precision import add_precision_arg, resolve  # noqa: E402
 from nav_come.data import data_config  # noqa: E402
 from nav_come.io import atomic_write_text  # noqa: E402
 from planners import cem  # noqa: E402
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts", type=int, default=3)
     add_penalty_args(p)
     p.add_argument("--device", default="cpu")
+    add_precision_arg(p)
     p.add_argument("--qp", default="cvxpy", choices=["cvxpy", "numpy"],
                    help="solver of the tracking QP (numpy: the same QP without cvxpy, planners/mpc.py)")
     p.add_argument("--json", type=Path)
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "image_size": args.image_size, "steps": args.steps,
                                        "candidates": args.candidates, "rollouts": args.rollouts,
                                        "ckpt": str(args.ckpt), "length_weight": args.length_weight,
-                                       "collision_weight": args.collision_weight, "qp": args.qp})  # fmt: skip
+                                       "collision_weight": args.collision_weight, "qp": args.qp,
+                                       "precision": resolve(args.precision, args.device)})  # fmt: skip
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, sampler_steps=args.steps,
                                       rollouts=args.rollouts, length_weight=args.length_weight,
-                                      collision_weight=args.collision_weight)  # fmt: skip
+                                      collision_weight=args.collision_weight, precision=args.precision)  # fmt: skip
             except (MethodUnavailable, CheckpointError) as err:
                 print(f"skipped {m}: {err}")
                 continue
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps({"rows": rows, "world": args.world, "seed": args.seed,
                                                  "first_episode": args.first_episode, "max_steps": args.max_steps,
-                                                 "qp": args.qp, "episodes": records}, indent=2))
+                                                 "qp": args.qp, "precision": resolve(args.precision, args.device),
+                                                 "episodes": records}, indent=2))
     return 0
 
 

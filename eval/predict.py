@@ -67,6 +67,7 @@ import torch  # noqa: E402
 from eval import distributed, memory_table  # noqa: E402
 from eval.metrics import lpips, lpips_available, psnr, ssim  # noqa: E402
 from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.precision import add_precision_arg, resolve, use_bf16  # noqa: E402
 from nav_come.data import DataFormatError, TrajectoryDataset, data_config  # noqa: E402
 from nav_come.distill import distilled_dir, distilled_world_model, resolve_steps  # noqa: E402
 from nav_come.io import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
     p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: cuda:LOCAL_RANK, ranks share GPUs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    add_precision_arg(p)
     p.add_argument("--distilled", type=Path, help="sample with the networks distilled for --steps in this folder")
     m = p.add_argument_group("memory ablation", "with --memory (also --data, --ckpt, --json, --seed, --steps)")
     m.add_argument("--memory", action="store_true", help="the memory ablation table on memory_eval sequences")
@@ -273,9 +274,9 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldMod
     """The world model, the folder of its experts and the sampler steps (None: the model's), with
     ``--distilled`` those distilled for ``--steps``."""
     if args.distilled is None:
-        return WorldModel.from_pretrained(args.ckpt, device=device, bf16=args.bf16), args.ckpt, args.steps
+        return WorldModel.from_pretrained(args.ckpt, device=device, precision=args.precision), args.ckpt, args.steps
     steps = resolve_steps(args.distilled, args.steps)
-    model = distilled_world_model(args.ckpt, args.distilled, steps, device, args.bf16)
+    model = distilled_world_model(args.ckpt, args.distilled, steps, device, use_bf16(args.precision, device))
     return model, distilled_dir(args.distilled, steps), steps
 
 
@@ -320,7 +321,8 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
         alphas = {**default_alphas(steps), **alphas}
         report = {"rows": out["rows"], "skipped": skipped, "data": str(data), "split": args.split, "seed": args.seed,
                   "n_seq": len(samples), "sampler_steps": steps, "alphas": alphas,
-                  "normalise": args.normalise, "ltm": out["ltm"], "peak_memory": out["peak_memory"]}  # fmt: skip
+                  "normalise": args.normalise, "ltm": out["ltm"], "peak_memory": out["peak_memory"],
+                  "precision": resolve(args.precision, dist.device)}  # fmt: skip
         if args.distilled:
             report["distilled"] = str(args.distilled)
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
@@ -349,7 +351,8 @@ def run_windows(args: argparse.Namespace, dist: Distributed) -> int:
     rows, shown = out
     print(format_table(rows))
     if args.json:
-        report = {"rows": rows, "data": str(args.data), "split": args.split, "seed": args.seed}
+        report = {"rows": rows, "data": str(args.data), "split": args.split, "seed": args.seed,
+                  "precision": resolve(args.precision, dist.device)}
         if args.distilled:
             report |= {"distilled": str(args.distilled), "sampler_steps": steps}
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")

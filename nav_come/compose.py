@@ -47,11 +47,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from nav_come.core.precision import autocast
 from nav_come.diffusion import COSINE, SAMPLERS, CosineSchedule, randn
 from nav_come.geometry import se2_compose
 from nav_come.lora import adapter_mask, has_lora
 from nav_come.memory_bank import EpisodeMemory, Query
-from nav_come.world_model import autocast
 
 Alpha = float | Callable[[Any], "float | torch.Tensor"]
 CPU_MAX_BATCH = 512  # samples per forward on a CPU: 120 candidates × 3 rollouts, not two of them
@@ -191,7 +191,7 @@ class ComposedDenoiser:
     normalise: bool = False
     x0_clip: float | None = 4.0
     schedule: CosineSchedule = COSINE
-    bf16: bool = True
+    bf16: bool | None = None  # None: where the device runs bf16 natively
     batched: bool = True
     dedup: bool = True
     max_batch: int | None = None

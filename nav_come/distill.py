@@ -53,6 +53,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nav_come.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
+from nav_come.core.precision import autocast, bf16_flag, resolve
 from nav_come.data import data_config
 from nav_come.diffusion import COSINE, CosineSchedule, _bcast, rand, randn
 from nav_come.dit import DiT
@@ -70,7 +71,7 @@ from nav_come.train_loop import (
     setup_distributed,
     step_generator,
 )
-from nav_come.world_model import AE_DIR, BASE_DIR, WorldModel, autocast
+from nav_come.world_model import AE_DIR, BASE_DIR, WorldModel
 
 NAMES = (BASE_DIR, *TRAINED)  # what can be distilled (the LTM has no offline weights)
 DEFAULT_ROUNDS = (4, 2, 1)
@@ -245,7 +246,7 @@ def load_distilled(
 
 def distilled_world_model(
     ckpt_dir: str | os.PathLike, root: str | os.PathLike, steps: int, device: str | torch.device = "cpu",
-    bf16: bool = True,
+    bf16: bool | None = None,
 ) -> WorldModel:  # fmt: skip
     """The world model of ``ckpt_dir`` (its autoencoder) sampling with the base distilled for
     ``steps`` DDIM steps in ``root``."""
@@ -301,7 +302,7 @@ def _metadata(args: argparse.Namespace, dist: Distributed) -> dict:
     gpu = f", {torch.cuda.get_device_name(dist.device)}" if dist.device.type == "cuda" else ""
     return {"expert": args.expert, "rounds": args.rounds, "round_steps": args.steps_per_round, "data": str(args.data),
             "revisit_weight": args.revisit_weight, "batch_size": args.batch_size * dist.world, "lr": args.lr,
-            "bf16": args.bf16, "sampler": "ddim", "torch": torch.__version__,
+            "precision": resolve(args.precision, dist.device), "sampler": "ddim", "torch": torch.__version__,
             "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs{gpu}",
             "command": shlex.join(["python", "-m", "nav_come.distill", *args.argv])}  # fmt: skip
 
@@ -342,8 +343,9 @@ def prepare_round(args: argparse.Namespace, dist: Distributed, data: Callable[..
     teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     schedule = CosineSchedule(**(teacher_meta.get("schedule") or {}))
-    loop = LoopConfig(args.steps_per_round, args.batch_size, args.lr, bf16=args.bf16, val_every=args.val_every,
-                      ckpt_every_min=args.ckpt_every_min, max_minutes=remaining, seed=args.seed)  # fmt: skip
+    loop = LoopConfig(args.steps_per_round, args.batch_size, args.lr, bf16=bf16_flag(args.precision),
+                      val_every=args.val_every, ckpt_every_min=args.ckpt_every_min, max_minutes=remaining,
+                      seed=args.seed)  # fmt: skip
     splits = data(network_of(teacher).config.context, network_of(teacher).config.max_shift)
     meta = {**_metadata(args, dist), "teacher": str(teacher_dir), "teacher_hash": teacher_hash,
             "teacher_steps": teacher_steps, "original": str(args.ckpt / name),

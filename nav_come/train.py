@@ -35,6 +35,7 @@ import torch
 
 from nav_come.autoencoder import AEConfig, Autoencoder
 from nav_come.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
+from nav_come.core.precision import autocast, bf16_flag, resolve
 from nav_come.data import data_config, load_frames, read_split, read_trajectory, split_path
 from nav_come.diffusion import COSINE
 from nav_come.dit import DIT_PRESETS, DiT, dit_config, dit_training_loss
@@ -49,7 +50,7 @@ from nav_come.train_loop import (
     setup_distributed,
     step_generator,
 )
-from nav_come.world_model import AE_DIR, BASE_DIR, autocast
+from nav_come.world_model import AE_DIR, BASE_DIR
 
 VAL_SEED = 1234  # fixed validation draws: the curve compares like with like
 VAL_BATCHES = 4
@@ -85,7 +86,7 @@ def _loop(args: argparse.Namespace, ae: bool) -> LoopConfig:
         steps=args.ae_steps if ae else args.steps,
         batch_size=args.ae_batch_size if ae else args.batch_size,
         lr=args.ae_lr if ae else args.lr,
-        bf16=args.bf16,
+        bf16=bf16_flag(args.precision),
         val_every=args.val_every,
         ckpt_every_min=args.ckpt_every_min,
         max_minutes=args.ae_max_minutes if ae else args.max_minutes,
@@ -100,7 +101,7 @@ def _metadata(args: argparse.Namespace, dist: Distributed, loop: LoopConfig) -> 
         "seed": args.seed,
         "batch_size": loop.batch_size * dist.world,
         "lr": loop.lr,
-        "bf16": loop.bf16,
+        "precision": resolve(args.precision, dist.device),
         "device": str(dist.device),
         "world_size": dist.world,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"

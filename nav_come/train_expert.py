@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from nav_come.checkpoint import checkpoint_hash, load_checkpoint, read_config
+from nav_come.core.precision import autocast, bf16_flag, resolve
 from nav_come.data import data_config, read_split, split_path
 from nav_come.experts import EXPERTS, TRAINED, Expert, save_expert
 from nav_come.experts.common import train_only_memory
@@ -53,7 +54,7 @@ from nav_come.train_loop import (
     setup_distributed,
     step_generator,
 )
-from nav_come.world_model import AE_DIR, BASE_DIR, autocast
+from nav_come.world_model import AE_DIR, BASE_DIR
 
 VAL_SEED = 1234
 VAL_BATCHES = 4
@@ -153,7 +154,7 @@ def _metadata(args: argparse.Namespace, dist: Distributed, base_meta: dict, extr
         "revisit_weight": args.revisit_weight,
         "batch_size": args.batch_size * dist.world,
         "lr": args.lr,
-        "bf16": args.bf16,
+        "precision": resolve(args.precision, dist.device),
         "schedule": base_meta.get("schedule"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
@@ -172,7 +173,7 @@ def prepare(args: argparse.Namespace, dist: Distributed):
     if args.train == "memory":
         train_only_memory(expert.network, base.patch_embed.weight.shape[1])
     data = load_training_data(args, dist, expert.network.config.context, expert.network.config.max_shift, spacing)
-    loop = LoopConfig(args.steps, args.batch_size, args.lr, bf16=args.bf16, val_every=args.val_every,
+    loop = LoopConfig(args.steps, args.batch_size, args.lr, bf16=bf16_flag(args.precision), val_every=args.val_every,
                       ckpt_every_min=args.ckpt_every_min, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
     share = _revisit_share(data["train"][0], args.revisit_weight)
     if dist.is_main and share is not None:

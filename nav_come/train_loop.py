@@ -43,8 +43,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nav_come.checkpoint import WEIGHTS, CheckpointError, load_weights, save_checkpoint
+from nav_come.core.precision import add_precision_arg, autocast
 from nav_come.io import atomic_directory
-from nav_come.world_model import autocast
 
 TRAINER_STATE = "trainer.pt"
 
@@ -58,7 +58,7 @@ class LoopConfig:
     lr, weight_decay, warmup: AdamW, linear warm-up over ``warmup`` steps, then constant.
     ema_decay: EMA decay (warmed up as ``min(decay, (1 + k) / (10 + k))``).
     grad_clip: max global gradient norm (0 disables).
-    bf16: bf16 autocast for the forward pass.
+    bf16: bf16 autocast for the forward pass (None: where the device runs it natively).
     val_every: validation period in steps (0 disables).
     ckpt_every_min: resume-state period in minutes.
     max_minutes: wall-clock budget of this run (None: until ``steps``).
@@ -72,7 +72,7 @@ class LoopConfig:
     warmup: int = 100
     ema_decay: float = 0.999
     grad_clip: float = 1.0
-    bf16: bool = True
+    bf16: bool | None = None
     val_every: int = 500
     ckpt_every_min: float = 5.0
     max_minutes: float | None = None
@@ -215,7 +215,7 @@ def _train_step(
     with autocast(dist.device, loop.bf16):
         loss = net(step_generator(loop.seed, dist.rank, step))
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower --lr or use --no-bf16")
+        raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower --lr or use --precision fp32")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if loop.grad_clip:
@@ -322,13 +322,13 @@ def fit(
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    """The flags every training CLI shares: split layout, device, threads, bf16, seed, validation and
+    """The flags every training CLI shares: split layout, device, threads, precision, seed, validation and
     resume-state periods."""
     p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
     p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    add_precision_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=500, help="validation period in steps (0: off)")
     p.add_argument("--ckpt-every-min", type=float, default=5.0, help="resume-state period in minutes")

@@ -20,7 +20,6 @@ Memory experts (issue 5) add sibling folders, e.g. ``<dir>/stm/``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 from nav_come.autoencoder import Autoencoder
 from nav_come.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nav_come.core.precision import autocast, native_bf16, use_bf16
 from nav_come.diffusion import COSINE, SAMPLERS, CosineSchedule, randn
 from nav_come.dit import DiT
 
@@ -37,21 +37,17 @@ AE_DIR, BASE_DIR = "ae", "base"
 ENCODE_BATCH = 256  # frames per autoencoder call: bounds memory for long or wide inputs
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU or CUDA (2× faster on AVX-512-BF16 CPUs, same quality: DESIGN §5)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type in ("cpu", "cuda"))
-
-
 @torch.no_grad()
-def encode_frames(ae: Autoencoder, frames: torch.Tensor, bf16: bool = True) -> torch.Tensor:
-    """(N, 3, H, W) frames (uint8 or float in [0, 1]) -> (N, c, h, w) float32 latents, in chunks."""
+def encode_frames(ae: Autoencoder, frames: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
+    """(N, 3, H, W) frames (uint8 or float in [0, 1]) -> (N, c, h, w) float32 latents, in chunks.
+    bf16: autocast (None: where native, :mod:`nav_come.core.precision`)."""
     device = next(ae.parameters()).device
     with autocast(device, bf16):
         return torch.cat([ae.encode(x.to(device)).float() for x in frames.split(ENCODE_BATCH)])
 
 
 @torch.no_grad()
-def decode_latents(ae: Autoencoder, latents: torch.Tensor, bf16: bool = True) -> torch.Tensor:
+def decode_latents(ae: Autoencoder, latents: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
     """(N, c, h, w) latents -> (N, 3, H, W) float32 frames in [0, 1], in chunks."""
     device = next(ae.parameters()).device
     with autocast(device, bf16):
@@ -68,8 +64,9 @@ class WorldModel(nn.Module):
         schedule: CosineSchedule = COSINE,
         sampler_steps: int = 5,
         sampler: str = "ddim",
-        bf16: bool = True,
+        bf16: bool | None = None,
     ):
+        """bf16: autocast every network call (None: where the device runs bf16 natively)."""
         super().__init__()
         if ae.config.latent_channels != dit.config.latent_channels or ae.config.latent_size != dit.config.latent_size:
             raise ValueError(
@@ -88,6 +85,11 @@ class WorldModel(nn.Module):
     @property
     def context(self) -> int:
         return self.dit.config.context
+
+    @property
+    def precision(self) -> str:
+        """"bf16" or "fp32": what the networks run at on this device."""
+        return "bf16" if self.bf16 or (self.bf16 is None and native_bf16(self.device)) else "fp32"
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -207,9 +209,10 @@ class WorldModel(nn.Module):
         device: str | torch.device = "cpu",
         sampler_steps: int = 5,
         sampler: str = "ddim",
-        bf16: bool = True,
+        precision: str = "auto",
     ) -> WorldModel:
-        """Load ``<dir>/ae`` and ``<dir>/base``; raises CheckpointError with the fix on any problem."""
+        """Load ``<dir>/ae`` and ``<dir>/base``; raises CheckpointError with the fix on any problem.
+        precision: auto | fp32 | bf16 (:mod:`nav_come.core.precision`), resolved for ``device``."""
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(
@@ -220,7 +223,7 @@ class WorldModel(nn.Module):
         dit, meta = load_checkpoint(directory / BASE_DIR, "dit", device)
         try:
             schedule = CosineSchedule(**meta.get("schedule", {}))
-            model = cls(ae, dit, schedule, sampler_steps, sampler, bf16)
+            model = cls(ae, dit, schedule, sampler_steps, sampler, use_bf16(precision, device))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{directory}: the autoencoder and base expert do not fit together ({e})") from e
         return model.eval().requires_grad_(False)

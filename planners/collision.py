@@ -52,6 +52,7 @@ from nav_come.checkpoint import (
     register_kind,
     save_checkpoint_files,
 )
+from nav_come.core.precision import bf16_flag
 from nav_come.data import DataFormatError, split_path
 from nav_come.latents import LatentSet, encode_split
 from nav_come.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
@@ -209,8 +210,8 @@ def prepare(args: argparse.Namespace, dist: Distributed):
         pick = torch.randperm(len(v.latents), generator=torch.Generator().manual_seed(1234))[:4096]
         val = (v.latents[pick].float(), clearance_labels(v, config.max_range)[pick])
     loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.05, warmup=100,
-                      ema_decay=0.999, bf16=args.bf16, val_every=args.val_every, ckpt_every_min=args.ckpt_every_min,
-                      max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
+                      ema_decay=0.999, bf16=bf16_flag(args.precision), val_every=args.val_every,
+                      ckpt_every_min=args.ckpt_every_min, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
     meta = {"data": str(args.data), "ckpt": str(args.ckpt), "seed": args.seed, "batch_size": args.batch_size,
             "lr": args.lr, "near_share": args.near_share, "train_mean_m": mean,
             "machine": f"{platform.system()} {platform.machine()}",

@@ -41,6 +41,7 @@ import torch
 
 from nav_come.checkpoint import CONFIG, CheckpointError, read_config
 from nav_come.compose import CPU_MAX_BATCH, ComposedDenoiser, rollout
+from nav_come.core.precision import use_bf16
 from nav_come.data.config import METRIC_WAYPOINT_SPACING, data_config
 from nav_come.experts import BaseExpert, LTMConfig, LTMExpert, load_expert
 from nav_come.geometry import actions_from_waypoints, step_actions, waypoints_from_actions
@@ -406,6 +407,8 @@ def memory_experts(
         experts["ltm"] = ltm_expert(ckpt_dir, world_model.dit, experts.get("stm"))
     for expert in experts.values():
         expert.schedule, expert.bf16 = world_model.schedule, world_model.bf16
+        if isinstance(getattr(expert, "config", None), LTMConfig):  # the LTM memorises at the same precision
+            expert.config.bf16 = world_model.bf16
     return {n: experts[n] for n in ("base", *names) if n in experts}
 
 
@@ -459,7 +462,7 @@ def _memory_planner(name, names, ckpt_dir: Path, wm, device, cem_config, distanc
     return MemoryPlanner(wm, composed, cem_config, distance, rollouts, spacing, name=LABELS[name], **penalties)
 
 
-def _distilled(names: tuple[str, ...], ckpt_dir: Path, root: Path, steps: int, device):
+def _distilled(names: tuple[str, ...], ckpt_dir: Path, root: Path, steps: int, device, precision: str):
     """The world model on the base distilled for ``steps`` DDIM steps, and the folder of the
     distilled experts (MethodUnavailable when one the method needs is missing)."""
     from nav_come.distill import distilled_dir, distilled_world_model
@@ -469,7 +472,7 @@ def _distilled(names: tuple[str, ...], ckpt_dir: Path, root: Path, steps: int, d
         if expert != "ltm":
             command = f"python -m nav_come.distill --expert {expert} --ckpt {ckpt_dir} --data DATA --out {root}"
             _need(folder / expert, f"{steps}-step distilled {expert}", command)
-    return distilled_world_model(ckpt_dir, root, steps, device), folder
+    return distilled_world_model(ckpt_dir, root, steps, device, use_bf16(precision, device)), folder
 
 
 def load_method(
@@ -486,6 +489,7 @@ def load_method(
     distilled: str | Path | None = None,
     length_weight: float = 0.0,
     collision_weight: float = 0.0,
+    precision: str = "auto",
 ) -> WorldModelPlanner | MemoryPlanner | PolicyPlanner:
     """Build the planner of method ``name`` from the checkpoints in ``ckpt_dir``.
 
@@ -495,6 +499,7 @@ def load_method(
     (see the module docstring) whose ``sampler_steps`` ones replace the base and the experts;
     length_weight, collision_weight: the CEM cost's penalties (:mod:`planners.cost`; a collision
     weight above 0 needs ``ckpt_dir/collision``, :mod:`planners.collision`). Policies ignore them.
+    precision: auto | fp32 | bf16 of the world model and the experts (:mod:`nav_come.core.precision`).
     """
     name = name.lower()
     ckpt_dir = Path(ckpt_dir)
@@ -503,7 +508,7 @@ def load_method(
     if name.startswith("nomad+"):  # the world model (or CoME) ranks NoMaD's samples
         kwargs = dict(cem_config=cem_config, distance=distance, sampler_steps=sampler_steps, rollouts=rollouts,
                       lpips_weights=lpips_weights, spacing=spacing, alphas=alphas, distilled=distilled,
-                      length_weight=length_weight, collision_weight=collision_weight)  # fmt: skip
+                      length_weight=length_weight, collision_weight=collision_weight, precision=precision)  # fmt: skip
         scorer = load_method(name.removeprefix("nomad+"), ckpt_dir, device, **kwargs)
         return RankingPlanner(load_method("nomad", ckpt_dir, device).policy, scorer)
     if name in ("gnm", "nomad"):
@@ -524,9 +529,10 @@ def load_method(
         if expert != "ltm":
             _expert_folder(ckpt_dir, expert, f"{LABELS[name]}'s {expert.upper()} expert")
     if distilled is None:
-        wm, experts_dir = WorldModel.from_pretrained(ckpt_dir, device=device, sampler_steps=sampler_steps), ckpt_dir
+        wm = WorldModel.from_pretrained(ckpt_dir, device=device, sampler_steps=sampler_steps, precision=precision)
+        experts_dir = ckpt_dir
     else:
-        wm, experts_dir = _distilled(names, ckpt_dir, Path(distilled), sampler_steps, device)
+        wm, experts_dir = _distilled(names, ckpt_dir, Path(distilled), sampler_steps, device, precision)
     cem_config = cem_config or cem.CEMConfig.for_dataset(data_config("nav_come_sim"))  # the shipped models' data
     goal_distance = load_distance(distance, ckpt_dir, device, lpips_weights)
     collision = load_collision(ckpt_dir, device) if collision_weight else None

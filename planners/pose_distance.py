@@ -47,6 +47,7 @@ from nav_come.checkpoint import (
     register_kind,
     save_checkpoint_files,
 )
+from nav_come.core.precision import bf16_flag
 from nav_come.data import data_config, split_path
 from nav_come.geometry import se2_relative, wrap_angle
 from nav_come.latents import LatentSet, encode_split
@@ -224,8 +225,8 @@ def prepare(args: argparse.Namespace, dist: Distributed):
         val = PairSampler(encode_split(ae, key, args.data, "val", args.cache, **kw), spacing, **pairs)
         val_batch = val.draw(VAL_PAIRS, torch.Generator().manual_seed(1234))
     loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.05, warmup=100,
-                      ema_decay=0.999, bf16=args.bf16, val_every=args.val_every, ckpt_every_min=args.ckpt_every_min,
-                      max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
+                      ema_decay=0.999, bf16=bf16_flag(args.precision), val_every=args.val_every,
+                      ckpt_every_min=args.ckpt_every_min, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
     meta = {"data": str(args.data), "ckpt": str(args.ckpt), "spacing": spacing, "seed": args.seed,
             "batch_size": args.batch_size, "lr": args.lr, "machine": f"{platform.system()} {platform.machine()}",
             "torch": torch.__version__,

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from eval.metrics import ate, rpe
 from nav_come.checkpoint import CONFIG, CheckpointError, read_config
+from nav_come.core.precision import PRECISIONS, bf16_flag, resolve
 from nav_come.data import TrajectoryDataset, split_path
 from nav_come.train_loop import Distributed, LoopConfig, fit, setup_distributed
 from planners.policy_common import Policy, PolicyConfig, builtin_policies
@@ -74,12 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goal-range", type=int, nargs=2, default=(1, 20), metavar=("LO", "HI"), help="goal offsets")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
-    p.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="bf16 autocast (off: these conv nets were not faster with it on CPU)",
-    )
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default: these conv nets were not faster with bf16 on CPU), bf16, or auto")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=500, help="validation period in steps (0: off)")
     p.add_argument("--val-samples", type=int, default=256, help="validation windows")
@@ -100,7 +97,7 @@ def _loop(args: argparse.Namespace) -> LoopConfig:
         steps=args.steps,
         batch_size=args.batch_size,
         warmup=args.warmup,
-        bf16=args.bf16,
+        bf16=bf16_flag(args.precision),
         val_every=args.val_every,
         ckpt_every_min=args.ckpt_every_min,
         max_minutes=args.max_minutes,
@@ -155,7 +152,7 @@ def _metadata(args: argparse.Namespace, dist: Distributed, loop: LoopConfig, spa
         "lr": loop.lr,
         "weight_decay": loop.weight_decay,
         "ema_decay": loop.ema_decay,
-        "bf16": loop.bf16,
+        "precision": resolve(args.precision, dist.device),
         "device": str(dist.device),
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}",

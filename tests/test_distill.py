@@ -242,7 +242,8 @@ def test_the_bench_adds_distilled_rows(tmp_path):
     save_distilled(root, "stm", load_expert(ckpt / "stm"), 1)
     out = tmp_path / "plan.json"
     args = ["plan", "--ckpt", str(ckpt), "--methods", "NWM", "NWM+STM", "--steps", "2", "--plans", "1",
-            "--candidates", "2", "--rollouts", "1", "--threads", "1", "--json", str(out)]  # fmt: skip
+            "--candidates", "2", "--rollouts", "1", "--threads", "1", "--precision", "fp32",
+            "--json", str(out)]  # fmt: skip
     assert bench.main(args) == 0
     report = json.loads(out.read_text())
     rows = [(r["method"], r["sampler"], r["sampler_steps"]) for r in report["rows"]]

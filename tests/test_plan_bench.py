@@ -24,7 +24,8 @@ def report(tmp_path_factory):
     tiny_memory_ckpt(root / "ckpt", experts=("stm",))  # no SLTM: CoME is skipped
     out = root / "plan.json"
     args = ["plan", "--ckpt", str(root / "ckpt"), "--steps", "1", "2", "--plans", "1", "--candidates", str(N),
-            "--rollouts", str(R), "--threads", "1", "--unbatched", "--json", str(out)]  # fmt: skip
+            "--rollouts", str(R), "--threads", "1", "--unbatched", "--precision", "fp32",
+            "--json", str(out)]  # fmt: skip
     assert bench.main(args) == 0
     return json.loads(out.read_text())
 
@@ -36,7 +37,7 @@ def test_plan_json_contract(report):
         (m, s) for m in ("NWM", "NWM+STM", "NWM+LTM") for s in (1, 2)
     ]
     for r in rows:
-        assert r["sampler"] == "multistep" and isinstance(r["sampler_steps"], int)
+        assert r["sampler"] == "multistep" and isinstance(r["sampler_steps"], int) and r["precision"] == "fp32"
         assert isinstance(r["s_per_plan"], float) and r["s_per_plan"] > 0
         assert isinstance(r["forwards_per_plan"], int) and isinstance(r["batch"], int)
         assert set(r["split_s"]) == SPLIT and all(isinstance(v, float) and v >= 0 for v in r["split_s"].values())
@@ -78,10 +79,26 @@ def test_quick_runs_the_default_steps_once_per_method(tmp_path, capsys):
             "--candidates", "2", "--rollouts", "1", "--json", str(tmp_path / "q.json")]  # fmt: skip
     assert bench.main(args) == 0
     got = json.loads((tmp_path / "q.json").read_text())
-    assert [(r["method"], r["sampler_steps"], r["plans"]) for r in got["rows"]] == [("NWM", DEFAULT_SAMPLER_STEPS, 1)]
+    assert [(r["method"], r["sampler_steps"], r["plans"], r["precision"]) for r in got["rows"]] == [
+        ("NWM", DEFAULT_SAMPLER_STEPS, 1, p) for p in ("fp32", "bf16")]  # both precisions by default
     out = capsys.readouterr().out
     assert "skipped NWM+STM" in out and "skipped distilled: no distilled checkpoint" in out
     assert bench.main(["plan", "--ckpt", str(tmp_path / "ckpt"), "--methods", "GNM"]) == 2
+
+
+def test_precisions_side_by_side_with_the_cpu_and_what_auto_picks(tmp_path, capsys):
+    from nav_come.core.precision import resolve
+
+    tiny_memory_ckpt(tmp_path / "ckpt", experts=(), ltm=False)
+    args = ["plan", "--quick", "--ckpt", str(tmp_path / "ckpt"), "--methods", "NWM", "--candidates", "2",
+            "--rollouts", "1", "--precision", "fp32", "bf16", "auto", "--json", str(tmp_path / "p.json")]  # fmt: skip
+    assert bench.main(args) == 0
+    got = json.loads((tmp_path / "p.json").read_text())
+    assert [r["precision"] for r in got["rows"]] == ["fp32", "bf16"]  # auto is one of them: timed once
+    assert all(r["vs_nwm"] == 1.0 for r in got["rows"])  # each precision against NWM at the same precision
+    assert got["auto_precision"] == resolve("auto") and isinstance(got["cpu_flags"]["flags"], list)
+    assert {"capability", "native_bf16", "onednn_max_cpu_isa"} <= set(got["cpu_flags"])
+    assert f"--precision auto picks {resolve('auto')}" in capsys.readouterr().out
 
 
 def _planner(**kw) -> WorldModelPlanner:

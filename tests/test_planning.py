@@ -237,12 +237,12 @@ def test_model_benchmark_reports_both_precisions(tiny_ckpt):
     from eval.bench import bench_model
 
     rows = bench_model(tiny_ckpt, batch_train=2, batch_sample=3, steps=1, repeats=1)
-    assert [r["bf16"] for r in rows] == [True, False]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
     assert all(r["train_s_per_step"] > 0 and r["predict_frames_per_s"] > 0 for r in rows)
     from eval.bench import bench_forward_batch
 
     forward = bench_forward_batch(tiny_ckpt, batches=(2, 4), repeats=1)
-    assert [r["batch"] for r in forward] == [2, 4]
+    assert [r["batch"] for r in forward] == [2, 4] and {r["precision"] for r in forward} <= {"fp32", "bf16"}
     assert all(r["s_per_forward"] > 0 and r["ms_per_sample"] > 0 for r in forward)
 
 

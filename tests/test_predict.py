@@ -29,7 +29,7 @@ def test_json_contract_table_and_grid(setup, capsys):
     out_json, grid = setup / "p.json", setup / "grid.png"
     assert run(setup, "--json", str(out_json), "--grid", str(grid), "--seed", "3") == 0
     report = json.loads(out_json.read_text())
-    assert set(report) == {"rows", "data", "split", "seed"}
+    assert set(report) == {"rows", "data", "split", "seed", "precision"}
     assert (report["data"], report["split"], report["seed"]) == (str(setup / "data"), "test", 3)
     assert {(r["method"], r["horizon"]) for r in report["rows"]} == {(m, h) for m in METHODS for h in HORIZONS}
     assert set(METHODS) == {"world_model", "copy_last", "ae_recon"}

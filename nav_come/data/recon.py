@@ -6,11 +6,14 @@ frame, "yaw": (T,) radians}``, x forward, y left, yaw counter-clockwise. A split
 ``traj_names.txt`` file with one trajectory folder name per line.
 
 Readers check everything a loader of the field would trip over later and raise
-:class:`DataFormatError` naming the file, the problem and the fix. Writers are atomic.
+:class:`DataFormatError` naming the file, the problem and the fix. ``traj_data.pkl`` is
+unpickled with an allow-list of NumPy globals, so a pickle that would run code is refused
+unexecuted. Writers are atomic.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import pickle
@@ -110,6 +113,55 @@ def write_trajectory(
 # ----------------------------------------------------------------------------- reading
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside :data:`_SAFE_GLOBALS`; ``args[0]`` names it, e.g. ``posix.system``."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it to store bytes; latin-1 text only."""
+    if encoding not in ("latin1", "latin-1"):
+        raise _RefusedGlobal(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args) -> bytes:
+    """``bytes()`` as protocol-2 pickles use it to store ``b""``; no arguments allowed."""
+    if args:
+        raise _RefusedGlobal("builtins.bytes with arguments")
+    return b""
+
+
+def _safe_globals() -> dict[tuple[str, str], object]:
+    """(module, name) → object for every global a plain pickle of ndarrays, dtypes and
+    NumPy scalars names, under both NumPy 1.x (``numpy.core``) and 2.x (``numpy._core``)."""
+    core = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+    multiarray, numeric = (importlib.import_module(f"{core}.{m}") for m in ("multiarray", "numeric"))
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("numpy", "array"): np.array}
+    # numpy.array: our own writer (_PortablePickler) stores ndarrays as numpy.array(list, dtype)
+    for prefix in ("numpy.core", "numpy._core"):
+        allowed[f"{prefix}.multiarray", "_reconstruct"] = multiarray._reconstruct  # ndarray
+        allowed[f"{prefix}.multiarray", "scalar"] = multiarray.scalar  # np.float64 etc.
+        allowed[f"{prefix}.numeric", "_frombuffer"] = numeric._frombuffer  # ndarray, protocol 5
+    allowed["_codecs", "encode"] = _latin1_encode  # bytes, protocol 2
+    for builtins in ("builtins", "__builtin__"):
+        allowed[builtins, "bytes"] = _empty_bytes  # b"", protocol 2
+    return allowed
+
+
+_SAFE_GLOBALS = _safe_globals()
+
+
+class _PoseUnpickler(pickle.Unpickler):
+    """Unpickles only plain data, ndarrays, dtypes and NumPy scalars: any other global
+    (``os.system``, ``builtins.eval``, ``numpy.load`` …) raises before anything runs."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _SAFE_GLOBALS[module, name]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
 def _load_pickle(folder: Path) -> dict:
     if not folder.is_dir():
         raise DataFormatError(
@@ -122,7 +174,13 @@ def _load_pickle(folder: Path) -> dict:
         )
     try:
         with open(pkl, "rb") as f:
-            data = pickle.load(f)
+            data = _PoseUnpickler(f).load()
+    except _RefusedGlobal as e:
+        ref = e.args[0] if e.args[0].isprintable() else ascii(e.args[0])  # keep the message one line
+        raise DataFormatError(
+            f"{pkl} is not a plain RECON pose pickle: it refers to {ref}, so it was refused and not executed; "
+            "re-create it as a dict of numpy arrays, e.g. with nav_come.data.write_trajectory"
+        ) from None
     except Exception as e:  # any unpickling failure means the same thing to the user
         raise DataFormatError(
             f"{pkl} is corrupt and cannot be unpickled ({type(e).__name__}: {e}); re-create it with the "

@@ -122,7 +122,7 @@ class Expert(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.name = self.kind
-        self.bf16 = True  # bf16 autocast when run alone (the composition has its own flag)
+        self.bf16 = None  # bf16 autocast when run alone, None: where native (the composition has its own flag)
         self.schedule: CosineSchedule = COSINE
 
     @property

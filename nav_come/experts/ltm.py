@@ -32,12 +32,12 @@ from typing import ClassVar
 import torch
 
 from nav_come.compose import Branch
+from nav_come.core.precision import autocast
 from nav_come.dit import DiT, DiTConfig, dit_training_loss
 from nav_come.experts.common import Condition, Expert, dit_config_of, query_kwargs
 from nav_come.latents import LatentSet, LatentWindowDataset
 from nav_come.lora import LoRAConfig, adapter_mask, inject_lora, lora_parameters, reset_lora
 from nav_come.memory_bank import EpisodeMemory, Query
-from nav_come.world_model import autocast
 
 
 @dataclass
@@ -45,7 +45,7 @@ class LTMConfig:
     """net: the base network's config; lora: adapter rank, scale and target layers;
     steps_per_frame: AdamW steps per newly stored frame; lr, weight_decay: AdamW;
     batch_size: windows per step; exclude_recent: the newest frames left to the context and
-    the STM (not memorised); bf16: autocast while memorising; seed: the draws of the windows."""
+    the STM (not memorised); bf16: autocast while memorising (None: where native); seed: the draws of the windows."""
 
     net: DiTConfig | dict
     lora: LoRAConfig | dict = field(default_factory=LoRAConfig)
@@ -54,7 +54,7 @@ class LTMConfig:
     weight_decay: float = 0.0
     batch_size: int = 8
     exclude_recent: int = 32
-    bf16: bool = True
+    bf16: bool | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -1,0 +1,1 @@
+"""The ground floor: infrastructure every layer above may import; it imports nothing above it."""
