@@ -35,7 +35,7 @@ def load_image(path: str, size: int) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] != 3:
         channels = 1 if img.ndim == 2 else img.shape[2]
         raise ValueError(f"{path!r} has {channels} channel(s); the planner needs RGB images (3 channels)")
-    from nav_come.data.recon import square_resize
+    from nav_come.core.data.recon import square_resize
 
     return square_resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
 
@@ -46,47 +46,32 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from nav_come.core.precision import add_precision_arg
-    from planners.cost import add_penalty_args
+    from planners.config import METHODS, add_plan_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--goal", required=True, help="goal image (PNG/JPEG, RGB)")
     p.add_argument("--context", nargs="+", help="context images, oldest first (default: examples/context_*.png)")
     p.add_argument("--method", default="nwm",
-                   help="come | nwm | gnm | nomad | nomad+nwm | nomad+come (the last two rank NoMaD samples)")
+                   help=f"{' | '.join(METHODS)} (nomad+: the world model ranks NoMaD's samples)")
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint folder (ae/, base/, gnm/, nomad/)")
     p.add_argument("--device", default="cpu")
-    add_precision_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
-    p.add_argument("--steps", type=int, help="sampler steps per prediction (default: the planners' default)")
-    p.add_argument("--candidates", type=int, default=120)
-    p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
-    p.add_argument("--rollouts", type=int, default=3, help="stochastic rollouts averaged per candidate")
-    p.add_argument("--distance", default="auto",
-                   help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal | pose")
-    p.add_argument("--lpips-weights", help="TorchScript LPIPS module; without it LPIPS is not used")
-    add_penalty_args(p)
+    add_plan_args(p)
     p.add_argument("--figure", default=str(ROOT / "outputs" / "plan.png"))
     p.add_argument("--json", help="write the plan as JSON here")
     return p.parse_args(argv)
 
 
 def run(args) -> dict:
-    from nav_come.data.config import data_config
-    from planners import cem
-    from planners.methods import DEFAULT_SAMPLER_STEPS, load_method
+    from nav_come.core.data.config import data_config
+    from planners.config import plan_config_from_args
+    from planners.methods import load_method
 
     method = args.method.lower()
-    cem_config = cem.CEMConfig.for_dataset(data_config("nav_come_sim"), n_candidates=args.candidates,
-                                           iterations=args.iterations)  # the shipped models' data: its prior
-    steps = args.steps or DEFAULT_SAMPLER_STEPS
-    planner = load_method(method, args.ckpt, args.device, distance=args.distance, sampler_steps=steps,
-                          rollouts=args.rollouts, lpips_weights=args.lpips_weights, cem_config=cem_config,
-                          length_weight=args.length_weight, collision_weight=args.collision_weight,
-                          precision=args.precision)
-    size = planner.world_model.ae.config.image_size if hasattr(planner, "world_model") else 64
-    n_ctx = planner.world_model.context if hasattr(planner, "world_model") else 4
+    config = plan_config_from_args(args, data_config("nav_come_sim"))  # the shipped models' data: its CEM prior
+    planner = load_method(method, args.ckpt, args.device, config)
+    size, n_ctx = planner.image_size, planner.context_frames
     paths = args.context or sorted(map(str, EXAMPLES.glob("context_*.png")))
     if len(paths) < n_ctx:
         raise ValueError(f"{len(paths)} context image(s) given; the model needs {n_ctx} (oldest first)")
@@ -101,8 +86,7 @@ def run(args) -> dict:
     wp_m = np.concatenate([wp[:, :2] * spacing, wp[:, 2:]], 1)
     meta = EXAMPLES / "example.json"
     truth = json.loads(meta.read_text())["true_waypoints"] if args.context is None and meta.is_file() else None
-    precision = planner.world_model.precision if hasattr(planner, "world_model") else "fp32"  # policies: fp32
-    return {"method": method, "precision": precision, "waypoints": wp.round(4).tolist(),
+    return {"method": method, "precision": planner.precision, "waypoints": wp.round(4).tolist(),
             "waypoints_m": wp_m.round(4).tolist(), "cost": res.cost, "cost_name": res.cost_name,
             "seconds": round(seconds, 2), "seed": args.seed,
             "_context": context, "_goal": goal, "_imagined": res.imagined, "_spacing": spacing, "_truth": truth}
@@ -128,7 +112,7 @@ def report(out: dict, args) -> None:
                       title=f"{out['method']} plan")
     print(f"figure: {fig}")
     if args.json:
-        from nav_come.io import atomic_write_text
+        from nav_come.core.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({k: v for k, v in out.items() if not k.startswith("_")}, indent=2))
 
@@ -137,7 +121,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from nav_come.checkpoint import CheckpointError
+    from nav_come.core.checkpoint import CheckpointError
     from planners.methods import MethodUnavailable
 
     try:

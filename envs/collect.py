@@ -35,9 +35,9 @@ import numpy as np
 from tqdm import tqdm
 
 from envs.worlds import CAMERA_FOVY, CAMERA_HEIGHT, FAMILIES
-from nav_come.data.actions import revisit_mask
-from nav_come.data.recon import read_trajectory, write_split, write_trajectory
-from nav_come.io import atomic_write_text
+from nav_come.core.data.actions import revisit_mask
+from nav_come.core.data.recon import read_trajectory, write_split, write_trajectory
+from nav_come.core.io import atomic_write_text
 
 SPLIT_FRACTIONS = {"test": 0.1, "val": 0.1}
 NAV_GOAL = 8  # goal offset of navigation_eval samples (2 s at 4 Hz)

@@ -16,7 +16,7 @@ import numpy as np
 
 from envs.occupancy import OccupancyMap
 from envs.sim import Simulator
-from nav_come.geometry import wrap_angle
+from nav_come.core.geometry import wrap_angle
 
 MODES = ("patrol", "shuttle", "explore")
 MODE_PROBS = (0.6, 0.28, 0.12)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from envs import collect
-from nav_come.data.actions import gt_waypoints
-from nav_come.io import atomic_write_bytes, atomic_write_text
+from nav_come.core.data.actions import gt_waypoints
+from nav_come.core.io import atomic_write_bytes, atomic_write_text
 
 EXAMPLE_WORLD = ("maze", 1_000_000)
 EXAMPLE_T = 60

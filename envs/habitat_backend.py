@@ -7,7 +7,7 @@ AgentConfiguration, PathFinder) and is imported only when ``backend="habitat"``
 is asked for. ``world`` is the path of a scene file (e.g. a .glb with its navmesh).
 
 Frames: habitat is y-up with agents facing -z. Our world frame (x forward at
-yaw 0, y left, z up; nav_come.geometry) maps to habitat as
+yaw 0, y left, z up; nav_come.core.geometry) maps to habitat as
 ``(x_h, y_h, z_h) = (x, z, -y)``, and our yaw θ is a rotation of θ - π/2 about y_h.
 """
 

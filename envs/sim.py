@@ -4,7 +4,7 @@ The robot is kinematic (Jackal-like): it follows commanded forward speed ``v``
 (m/s) and yaw rate ``w`` (rad/s) within limits, integrated exactly along arcs.
 It collides with obstacles through MuJoCo's collision detection: a motion that
 would make contact stops at the last free pose and reports the collision.
-Poses follow nav_come.geometry: x forward, y left, yaw counter-clockwise.
+Poses follow nav_come.core.geometry: x forward, y left, yaw counter-clockwise.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ATE/RPE of navigation methods under NWM's planning protocol (DESIGN §3).
+"""ATE/RPE of navigation methods under NWM's planning protocol (docs/design.md §3).
 
     python eval/ate_rpe.py --data DIR [--methods GNM NoMaD NWM CoME NWM+STM NWM+LTM]
                            [--n-samples N] [--seeds 0 1 2] [--history 128] [--json out.json] [--plot out.png]
@@ -8,7 +8,7 @@
 Each sample of the split's ``navigation_eval.json`` (or, for a dataset without
 one, every 8th time step of every trajectory) gives 4 context frames t-3..t,
 the goal frame t+8 and the 8 ground-truth waypoints. Every method outputs 8
-waypoints; ATE and RPE (eval.metrics: evo's APE/RPE translation RMSE, no
+waypoints; ATE and RPE (nav_come.core.metrics: evo's APE/RPE translation RMSE, no
 alignment, no scale correction) are averaged over samples for each seed, and
 reported as mean ± std over seeds, in spacing units and in metres.
 
@@ -56,23 +56,18 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from eval import distributed  # noqa: E402
-from eval.metrics import ate, rpe  # noqa: E402
-from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.core.precision import add_precision_arg, resolve  # noqa: E402
-from nav_come.data import DataFormatError, data_config, gt_waypoints, load_frames, poses, read_split, split_path  # noqa: E402
-from nav_come.data.recon import read_trajectory  # noqa: E402
-from nav_come.distill import resolve_steps  # noqa: E402
-from nav_come.geometry import se2_compose  # noqa: E402
-from nav_come.io import atomic_write_text  # noqa: E402
-from nav_come.train_loop import Distributed  # noqa: E402
-from planners import cem  # noqa: E402
-from planners.cost import add_penalty_args  # noqa: E402
-from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method, parse_alphas  # noqa: E402
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.data import DataFormatError, data_config, gt_waypoints, load_frames, poses, read_split, split_path  # noqa: E402
+from nav_come.core.data.recon import read_trajectory  # noqa: E402
+from nav_come.core.geometry import se2_compose  # noqa: E402
+from nav_come.core.io import atomic_write_text  # noqa: E402
+from nav_come.core.metrics import ate, rpe  # noqa: E402
+from nav_come.core.precision import resolve  # noqa: E402
+from nav_come.core.train_loop import Distributed  # noqa: E402
+from planners.config import BY_LABEL, TABLE, add_plan_args, plan_config_from_args  # noqa: E402
+from planners.methods import MethodUnavailable, load_method  # noqa: E402
 
-METHOD_NAMES = {"GNM": "gnm", "NoMaD": "nomad", "NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm",
-                "NWM+LTM": "nwm+ltm", "NoMaD+NWM": "nomad+nwm",
-                "NoMaD+CoME": "nomad+come"}  # fmt: skip
-TABLE = ["GNM", "NoMaD", "NWM", "CoME", "NWM+STM", "NWM+LTM"]  # the default rows (the NoMaD+ rankers on request)
+METHOD_NAMES = {label: m.key for label, m in BY_LABEL.items()}  # the table's rows (planners.methods.REGISTRY)
 CONTEXT, GOAL = 4, 8
 
 
@@ -137,7 +132,7 @@ def evaluate(planner, samples: list[tuple[int, dict]], seeds: list[int], bar: tq
             bar.update(len(seeds))
             continue
         r = {"err": np.zeros((len(seeds), 2)), "seconds": []}
-        if history is not None and hasattr(planner, "observe"):
+        if history is not None and planner.uses_memory:
             start = time.perf_counter()
             planner.observe(*history(i))
             r["observe_s"] = time.perf_counter() - start
@@ -196,21 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
     p.add_argument("--n-samples", type=int, help="evaluate only this many samples")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, help=f"sampler steps (default {DEFAULT_SAMPLER_STEPS}; --distilled: fewest)")
-    p.add_argument("--distilled", type=Path, help="plan with the networks distilled for --steps in this folder")
-    p.add_argument("--candidates", type=int, default=120)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=1, help="CEM iterations")
-    p.add_argument("--rollouts", type=int, default=3)
-    add_penalty_args(p)
     p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")
-    p.add_argument("--distance", default="auto",
-                   help="goal distance: auto | lpips | dssim | dssim_half | pixel_mse | latent_mse | temporal | pose")
-    p.add_argument("--lpips-weights")
-    p.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
-                   help="memory methods: an expert's coefficient (base 1); 0 leaves the expert out")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: cuda:LOCAL_RANK, ranks share GPUs)")
-    add_precision_arg(p)
+    add_plan_args(p)
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path, help="PNG of planned vs ground-truth waypoints for a few samples")
@@ -268,26 +251,22 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     if args.history < 1:
         raise ValueError(f"--history must be >= 1 frame, got {args.history}")
     device, is_main = (str(dist.device), dist.is_main) if dist is not None else (args.device, True)
-    alphas = parse_alphas(args.alpha)
     cfg = data_config(args.dataset or args.data)
     sp = cfg.metric_waypoint_spacing
+    config = plan_config_from_args(args, cfg, spacing=sp)  # the flags, checked before any data is read
     samples_idx = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
     if not samples_idx:
         raise ValueError(f"no evaluation samples in the {args.split} split of {args.data}")
-    cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k, iterations=args.iterations)
-    steps = resolve_steps(args.distilled, args.steps) if args.distilled else args.steps or DEFAULT_SAMPLER_STEPS
+    steps = config.sampler_steps
     planners, skipped = {}, {}
     for m in args.methods:
         try:
-            planners[m] = load_method(METHOD_NAMES[m], args.ckpt, device, cem_cfg, args.distance, steps, args.rollouts,
-                                      args.lpips_weights, sp, alphas, distilled=args.distilled,
-                                      length_weight=args.length_weight,
-                                      collision_weight=args.collision_weight, precision=args.precision)  # fmt: skip
+            planners[m] = load_method(METHOD_NAMES[m], args.ckpt, device, config)
         except (MethodUnavailable, ValueError) as err:
             skipped[m] = str(err)
-    size = next((p.world_model.ae.config.image_size for p in planners.values() if hasattr(p, "world_model")), 64)
+    size = next((p.image_size for p in planners.values()), 64)
     samples = [(i, load_sample(args.data, s, sp, size)) for i, s in distributed.shard(samples_idx, dist)]
-    memory = [m for m, p in planners.items() if hasattr(p, "observe")]
+    memory = [m for m, p in planners.items() if p.uses_memory]
 
     def history(i: int):
         return load_history(args.data, samples_idx[i], args.history, size)

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nav_come.core.io import atomic_write_text
 from nav_come.core.precision import PRECISIONS
-from nav_come.io import atomic_write_text
+from planners.methods import CEM_LABELS
 
 
 def machine() -> str:
@@ -218,7 +219,7 @@ def bench_memory(ckpt, contexts=MEMORY_CONTEXTS, rows=MEMORY_ROWS, batch: int = 
 
     from eval import memory_table
     from nav_come.compose import rollout
-    from nav_come.data import data_config
+    from nav_come.core.data import data_config
     from nav_come.memory_bank import Query
     from nav_come.world_model import WorldModel
     from planners.methods import DEFAULT_NORMALISE
@@ -278,7 +279,7 @@ def format_memory(out: dict) -> str:
 # ---------------------------------------------------------------------- planning
 
 PLAN_STEPS = (1, 2, 4, 8, 16)  # sampler steps per prediction, one row each
-PLAN_METHODS = {"NWM": "nwm", "CoME": "come", "NWM+STM": "nwm+stm", "NWM+LTM": "nwm+ltm"}  # as in eval/ate_rpe.py
+PLAN_METHODS = tuple(CEM_LABELS)  # NWM, CoME, NWM+STM, NWM+LTM
 DISTILLED_STEPS = (1, 2)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -309,7 +310,7 @@ def example_episode(image_size: int, context: int = 4) -> dict:
     except Exception as err:  # noqa: BLE001 (no gymnasium, MuJoCo or GL backend: any failure means "no simulator")
         import cv2
 
-        from nav_come.data.recon import square_resize
+        from nav_come.core.data.recon import square_resize
 
         names = [f"context_{k}.png" for k in range(4)] + ["goal.png"]
         imgs = np.stack([square_resize(cv2.cvtColor(cv2.imread(str(EXAMPLES / n)), cv2.COLOR_BGR2RGB), image_size)
@@ -419,7 +420,7 @@ def bench_row(planner, episode: dict, steps: int, plans: int, unbatched: bool = 
            "split_s": {k: round(v, 4) for k, v in splits[median].items()},
            "forwards_unbatched": composed.stats.branches - branches if composed else len(seen),
            "batches": batches, "samples_per_plan": sum(b for _, b in seen), "plans": plans}  # fmt: skip
-    if unbatched and composed:
+    if unbatched and composed and len(composed.experts) > 1:
         for key, dedup in (("unbatched", False), ("dedup_only", True)):  # one forward per branch, dedup or not
             composed.batched, composed.dedup = False, dedup
             with count_forwards(networks) as seen:
@@ -431,7 +432,7 @@ def bench_row(planner, episode: dict, steps: int, plans: int, unbatched: bool = 
 
 def _observe(planner, episode: dict) -> dict:
     """Give a memory planner the episode; its time (LTM memorisation included) is per episode."""
-    if not hasattr(planner, "observe") or episode["history"] is None:
+    if not planner.uses_memory or episode["history"] is None:
         return {}
     planner.observe(*episode["history"])
     ltm = planner.last_observe.get("ltm")
@@ -460,7 +461,7 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
     missing, and the distilled sampler while it has no checkpoint, are listed under "skipped"."""
     import torch
 
-    from nav_come.checkpoint import CheckpointError
+    from nav_come.core.checkpoint import CheckpointError
     from planners import cem
     from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method
     from planners.timing import PlanTimer
@@ -470,11 +471,11 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
     planners, skipped = {}, {}
     for m in methods:
         try:
-            planners[m] = load_method(PLAN_METHODS[m], ckpt, **kwargs)
+            planners[m] = load_method(m, ckpt, **kwargs)
         except (MethodUnavailable, CheckpointError) as err:  # an expert not (yet, or not fully) trained
             skipped[m] = str(err)
     first = next(iter(planners.values()), None)
-    episode = example_episode(first.world_model.ae.config.image_size, first.world_model.context) if first else None
+    episode = example_episode(first.image_size, first.context_frames) if first else None
     rows = []
     for label, planner in planners.items():
         planner.timer = PlanTimer(device)
@@ -486,7 +487,7 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
                 skipped["distilled"] = "no distilled checkpoint"
                 continue
             for s in DISTILLED_STEPS:
-                distilled = distilled_planner(PLAN_METHODS[label], ckpt, s, **kwargs)
+                distilled = distilled_planner(label, ckpt, s, **kwargs)
                 if distilled is None:
                     skipped[f"{label} distilled {s}-step"] = "no distilled checkpoint"
                     continue
@@ -582,7 +583,7 @@ def main(argv=None) -> int:
     if args.what in ("model", "plan"):
         print(format_precision(precision_report(args.device)))
     if args.what == "plan":
-        from nav_come.checkpoint import CheckpointError
+        from nav_come.core.checkpoint import CheckpointError
 
         try:
             out = _plan_main(args)

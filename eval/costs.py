@@ -45,13 +45,13 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from eval.ate_rpe import load_sample, load_samples  # noqa: E402
-from eval.metrics import ate, rpe  # noqa: E402
-from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.data import DataFormatError, data_config, poses, read_trajectory  # noqa: E402
+from nav_come.core.geometry import se2_compose, waypoints_from_actions, wrap_angle  # noqa: E402
+from nav_come.core.io import atomic_write_text  # noqa: E402
+from nav_come.core.metrics import ate, rpe  # noqa: E402
 from nav_come.core.precision import add_precision_arg, resolve, use_bf16  # noqa: E402
-from nav_come.data import DataFormatError, data_config, poses, read_trajectory  # noqa: E402
 from nav_come.distill import distilled_steps, distilled_world_model  # noqa: E402
-from nav_come.geometry import se2_compose, waypoints_from_actions, wrap_angle  # noqa: E402
-from nav_come.io import atomic_write_text  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
 from planners import cem  # noqa: E402
 from planners.cost import DISTANCES, LEARNED, GoalDistance, candidate_motions  # noqa: E402

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node N eval/ate_rpe.py ...    (or eval/predict.py)
 
 :func:`init` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) through
-:func:`nav_come.train_loop.setup_distributed`: gloo on CPU, nccl with ``--device cuda``
+:func:`nav_come.core.train_loop.setup_distributed`: gloo on CPU, nccl with ``--device cuda``
 (rank r on ``cuda:LOCAL_RANK``; more ranks than GPUs share them round-robin over gloo, which
 keeps one GPU busy with a small model). :func:`shard` deals the items out round-robin with their
 indices, :func:`gather` brings every rank's ``(index, result)`` pairs to rank 0 in index
@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import torch.distributed as tdist
 
-from nav_come.train_loop import Distributed, setup_distributed
+from nav_come.core.train_loop import Distributed, setup_distributed
 
 T = TypeVar("T")
 

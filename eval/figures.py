@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nav_come.io import atomic_write_bytes  # noqa: E402
+from nav_come.core.io import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, path) -> Path:

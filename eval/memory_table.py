@@ -1,4 +1,4 @@
-"""The memory ablation (issue 5; DESIGN §4, Table 1) behind ``python eval/predict.py --memory``.
+"""The memory ablation (issue 5; docs/design.md §4, Table 1) behind ``python eval/predict.py --memory``.
 
 Each sample of the split's ``memory_eval.json`` (``[{"traj", "t", "context", "horizon"}]``: a
 frame t whose future t+1..t+horizon revisits places seen more than 32 frames before t) is
@@ -19,7 +19,7 @@ evaluated at every context length L:
 Rows (``ROWS``): "+X" is the base composed with expert X, "CoME" the base with STM, LTM and
 SLTM, all contrastive with the given alphas (base 1); "CoME (no contrast)" the plain product.
 Sliding (the STM network), SSM and Full are those networks alone. ``copy_nearest`` (naive
-recall, DESIGN §5) predicts the frame older than the context nearest each target pose (the
+recall, docs/design.md §5) predicts the frame older than the context nearest each target pose (the
 SLTM's retrieval rule; the newest context frame where none is near). A row whose expert
 checkpoint is missing is skipped, with the reason.
 
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from nav_come.compose import ComposedDenoiser, rollout
-from nav_come.data import DataFormatError, load_frames, one_step_actions, poses, read_trajectory, split_path
+from nav_come.core.data import DataFormatError, load_frames, one_step_actions, poses, read_trajectory, split_path
 from nav_come.experts import copy_nearest
 from nav_come.memory_bank import EpisodeMemory
 from planners.methods import default_alphas, memory_experts

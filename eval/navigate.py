@@ -43,13 +43,12 @@ from tqdm import tqdm  # noqa: E402
 
 import envs  # noqa: E402, F401  (registers the env)
 from eval.ate_rpe import METHOD_NAMES, check_resume  # noqa: E402
-from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.core.precision import add_precision_arg, resolve  # noqa: E402
-from nav_come.data import data_config  # noqa: E402
-from nav_come.io import atomic_write_text  # noqa: E402
-from planners import cem  # noqa: E402
-from planners.cost import add_penalty_args  # noqa: E402
-from planners.methods import DEFAULT_SAMPLER_STEPS, MethodUnavailable, load_method  # noqa: E402
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.data import data_config  # noqa: E402
+from nav_come.core.io import atomic_write_text  # noqa: E402
+from nav_come.core.precision import resolve  # noqa: E402
+from planners.config import add_plan_args, plan_config_from_args  # noqa: E402
+from planners.methods import MethodUnavailable, load_method  # noqa: E402
 from planners.mpc import MPC, TrackingController  # noqa: E402
 
 
@@ -115,12 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64, help="camera resolution; must match the models")
     p.add_argument("--max-steps", type=int, default=80)
     p.add_argument("--seed", type=int, default=0, help="episode seeds are seed, seed+1, …")
-    p.add_argument("--steps", type=int, default=DEFAULT_SAMPLER_STEPS, help="world-model sampler steps")
-    p.add_argument("--candidates", type=int, default=120)
-    p.add_argument("--rollouts", type=int, default=3)
-    add_penalty_args(p)
     p.add_argument("--device", default="cpu")
-    add_precision_arg(p)
+    add_plan_args(p)
     p.add_argument("--qp", default="cvxpy", choices=["cvxpy", "numpy"],
                    help="solver of the tracking QP (numpy: the same QP without cvxpy, planners/mpc.py)")
     p.add_argument("--json", type=Path)
@@ -136,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown method(s) {unknown}; choose from {' '.join(METHOD_NAMES)}", file=sys.stderr)
         return 2
     try:
-        cem_cfg = cem.CEMConfig.for_dataset(data_config("nav_come_sim"), n_candidates=args.candidates)
+        config = plan_config_from_args(args, data_config("nav_come_sim"))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -145,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         try:
             check_resume(args.resume, {"world": args.world, "max_steps": args.max_steps, "seed": args.seed,
-                                       "image_size": args.image_size, "steps": args.steps,
-                                       "candidates": args.candidates, "rollouts": args.rollouts,
+                                       "image_size": args.image_size, "steps": config.sampler_steps,
+                                       "candidates": args.candidates, "top_k": args.top_k,
+                                       "iterations": args.iterations, "rollouts": args.rollouts,
+                                       "distance": args.distance, "alphas": config.alphas or {},
+                                       "distilled": str(args.distilled) if args.distilled else None,
                                        "ckpt": str(args.ckpt), "length_weight": args.length_weight,
                                        "collision_weight": args.collision_weight, "qp": args.qp,
                                        "precision": resolve(args.precision, args.device)})  # fmt: skip
@@ -161,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         mpc = None
         if not kept or not all(path.is_file() for path in kept.values()):  # some episode left to run
             try:
-                planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, cem_cfg, sampler_steps=args.steps,
-                                      rollouts=args.rollouts, length_weight=args.length_weight,
-                                      collision_weight=args.collision_weight, precision=args.precision)  # fmt: skip
+                planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, config)
             except (MethodUnavailable, CheckpointError) as err:
                 print(f"skipped {m}: {err}")
                 continue

@@ -65,13 +65,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from eval import distributed, memory_table  # noqa: E402
-from eval.metrics import lpips, lpips_available, psnr, ssim  # noqa: E402
-from nav_come.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
+from nav_come.core.data import DataFormatError, TrajectoryDataset, data_config  # noqa: E402
+from nav_come.core.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from nav_come.core.metrics import lpips, lpips_available, psnr, ssim  # noqa: E402
 from nav_come.core.precision import add_precision_arg, resolve, use_bf16  # noqa: E402
-from nav_come.data import DataFormatError, TrajectoryDataset, data_config  # noqa: E402
+from nav_come.core.train_loop import Distributed  # noqa: E402
 from nav_come.distill import distilled_dir, distilled_world_model, resolve_steps  # noqa: E402
-from nav_come.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from nav_come.train_loop import Distributed  # noqa: E402
 from nav_come.world_model import WorldModel  # noqa: E402
 from planners.methods import DEFAULT_NORMALISE, default_alphas, parse_alphas  # noqa: E402
 

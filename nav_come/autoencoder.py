@@ -8,7 +8,7 @@ or rectangular frame whose sides divide by the factor works (128 → 32×32, 224
 Latents are multiplied by ``scale_factor`` (1 / std of the raw latents, estimated on
 training frames once training ends, as Stable Diffusion does) so that the diffusion
 model sees roughly unit-variance inputs. A plain (not variational) autoencoder trained
-with MSE + L1 measured 33.7 dB test PSNR at 0.42M parameters (DESIGN §5), which is
+with MSE + L1 measured 33.7 dB test PSNR at 0.42M parameters (docs/design.md §5), which is
 far from being the bottleneck of next-frame prediction.
 """
 
@@ -21,6 +21,8 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nav_come.core.checkpoint import register_kind
 
 
 @dataclass
@@ -156,3 +158,6 @@ class Autoencoder(nn.Module):
         raw = torch.cat([self.encoder(self._check(x) * 2 - 1).float() for x in chunks])  # (N, c, h, w)
         std = raw.std().item()
         return 1.0 / max(std, 1e-6)
+
+
+register_kind("ae", AEConfig, Autoencoder)

@@ -1,6 +1,6 @@
 """The contrastive product of memory experts, itself a denoiser ``(x_t, t, cond) -> v``.
 
-Every expert runs on the same noisy ``x_t``. In noise-prediction form (DESIGN §1)::
+Every expert runs on the same noisy ``x_t``. In noise-prediction form (docs/design.md §1)::
 
     eps = sum_i [ alpha_i · eps_i(x_t | c_i) + (1 - alpha_i) · eps_i(x_t | ∅_i) ]
 
@@ -47,9 +47,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from nav_come.core.geometry import se2_compose
 from nav_come.core.precision import autocast
 from nav_come.diffusion import COSINE, SAMPLERS, CosineSchedule, randn
-from nav_come.geometry import se2_compose
 from nav_come.lora import adapter_mask, has_lora
 from nav_come.memory_bank import EpisodeMemory, Query
 
@@ -268,22 +268,29 @@ class ComposedDenoiser:
 @torch.no_grad()
 def rollout(
     denoiser: Any,
-    memory: EpisodeMemory,
+    memory: EpisodeMemory | None,
     step_actions: torch.Tensor,
     steps: int,
     generator: torch.Generator | None = None,
     sampler: str = "ddim",
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Autoregressive latent rollout from the newest real frames of ``memory``.
+    """Autoregressive latent rollout from the newest real frames of ``memory``: the one
+    imagination loop of the project (``WorldModel.rollout`` and every planner run it).
 
     denoiser: an expert or a :class:`ComposedDenoiser` (anything with ``context``,
     ``condition(memory, query)`` and the denoiser call). step_actions: (B, K, 3) one-step
     motions (pose k+1 in the frame of pose k, spacing units). Each prediction replaces the
-    oldest context latent; the memory keeps the real past. Returns latents (B, K, c, h, w).
+    oldest context latent; the memory keeps the real past. ``context`` (B or 1, C, c, h, w):
+    latents to start from instead of the memory's newest frames (one context per sample);
+    ``memory`` None: no episode, for a denoiser that reads none (the base expert), the start
+    pose is the origin. Returns latents (B, K, c, h, w).
     """
     B, K = step_actions.shape[:2]
-    ctx = memory.context(denoiser.context).expand(B, -1, -1, -1, -1)  # (B, C, c, h, w)
-    pose = memory.poses[memory.now].expand(B, 3)  # (B, 3) world
+    ctx = memory.context(denoiser.context) if context is None else context
+    ctx = ctx.expand(B, -1, -1, -1, -1)  # (B, C, c, h, w)
+    pose = memory.poses[memory.now].expand(B, 3) if memory is not None else torch.zeros(B, 3, dtype=torch.float64)
+    spacing = memory.spacing if memory is not None else 1.0
     schedule = getattr(denoiser, "schedule", COSINE)
     out = []
     for k in range(K):
@@ -292,6 +299,6 @@ def rollout(
         z = SAMPLERS[sampler](denoiser, x_T, steps, denoiser.condition(memory, query), generator, schedule=schedule)
         out.append(z)
         ctx = torch.cat([ctx[:, 1:], z[:, None]], 1)
-        metres = torch.cat([step_actions[:, k, :2].double() * memory.spacing, step_actions[:, k, 2:].double()], 1).cpu()
+        metres = torch.cat([step_actions[:, k, :2].double() * spacing, step_actions[:, k, 2:].double()], 1).cpu()
         pose = se2_compose(pose, metres)
     return torch.stack(out, 1)

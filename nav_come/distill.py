@@ -52,16 +52,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from nav_come.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
+from nav_come.core.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
+from nav_come.core.data import data_config
+from nav_come.core.io import atomic_write_text
 from nav_come.core.precision import autocast, bf16_flag, resolve
-from nav_come.data import data_config
-from nav_come.diffusion import COSINE, CosineSchedule, _bcast, rand, randn
-from nav_come.dit import DiT
-from nav_come.experts import TRAINED, BaseExpert, MemoryExpert, SpatialExpert
-from nav_come.experts.common import condition_dropout
-from nav_come.io import atomic_write_text
-from nav_come.train_expert import draw_batch, load_training_data
-from nav_come.train_loop import (
+from nav_come.core.train_loop import (
     Distributed,
     LoopConfig,
     add_run_args,
@@ -71,6 +66,11 @@ from nav_come.train_loop import (
     setup_distributed,
     step_generator,
 )
+from nav_come.diffusion import COSINE, CosineSchedule, _bcast, rand, randn
+from nav_come.dit import DiT
+from nav_come.experts import TRAINED, BaseExpert, MemoryExpert, SpatialExpert
+from nav_come.experts.common import condition_dropout
+from nav_come.train_expert import draw_batch, load_training_data
 from nav_come.world_model import AE_DIR, BASE_DIR, WorldModel
 
 NAMES = (BASE_DIR, *TRAINED)  # what can be distilled (the LTM has no offline weights)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nav_come.core.checkpoint import register_kind
 from nav_come.diffusion import COSINE, CosineSchedule, diffusion_loss, rand
 
 DIT_PRESETS: dict[str, dict] = {
@@ -392,3 +393,6 @@ def dit_training_loss(
         return model(x_t, t, **c)
 
     return diffusion_loss(denoiser, batch["target"], cond, generator, schedule=schedule, min_snr_gamma=min_snr_gamma)
+
+
+register_kind("dit", DiTConfig, DiT, DIT_PRESETS)

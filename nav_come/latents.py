@@ -13,7 +13,7 @@ new autoencoder or split never reads a stale cache. Writes are atomic.
 
 :class:`LatentWindowDataset` turns it into denoiser training items: the context latents
 of frames t-C+1..t, the target latent of frame t+s with s uniform in 1..max_shift, and
-the action: the pose of t+s in the robot frame of t, xy in spacing units (DESIGN §2).
+the action: the pose of t+s in the robot frame of t, xy in spacing units (docs/design.md §2).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from nav_come.autoencoder import Autoencoder
-from nav_come.data import poses, read_split, read_trajectory, revisit_mask, split_path
-from nav_come.geometry import se2_relative
-from nav_come.io import atomic_write_bytes
+from nav_come.core.data import poses, read_split, read_trajectory, revisit_mask, split_path
+from nav_come.core.geometry import se2_relative
+from nav_come.core.io import atomic_write_bytes
 from nav_come.world_model import encode_frames
 
 
@@ -115,7 +115,7 @@ class LatentWindowDataset(Dataset):
 
     revisit_weight: sampling weight of windows whose one-step target t+1 is a revisit
     (within 0.5 m and 30° of a frame more than 16 frames older,
-    :func:`nav_come.data.revisit_mask`); 1 samples uniformly.
+    :func:`nav_come.core.data.revisit_mask`); 1 samples uniformly.
     seed: ``__getitem__(i)`` draws its shift from ``numpy.random.default_rng((seed, i))``.
     """
 

@@ -11,7 +11,7 @@ retrieval of past frames by pose.
 - :class:`MemoryBank`: (pose, frame index) of an episode in a uniform grid hash over xy, so
   the top-K frames nearest a target pose are found among the frames of a few cells only.
 
-Poses are world ``(x, y, yaw)`` in metres and radians (:mod:`nav_come.geometry`). The
+Poses are world ``(x, y, yaw)`` in metres and radians (:mod:`nav_come.core.geometry`). The
 retrieval distance is ``metres + yaw_weight · |Δyaw|`` (radians); frames facing more than
 ``max_yaw`` away from the target share little of the view and are not retrieved (a cheap
 view-overlap check). The latents themselves stay in the store; the bank maps a pose query
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nav_come.geometry import se2_compose, wrap_angle
+from nav_come.core.geometry import se2_compose, wrap_angle
 
 
 @dataclass

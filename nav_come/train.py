@@ -7,7 +7,7 @@ Layout of ``--out DIR``::
 
     DIR/ae/{model.safetensors,config.json}     autoencoder (EMA weights, latent scale in the config)
     DIR/base/{model.safetensors,config.json}   base expert (EMA weights, noise schedule in the metadata)
-    DIR/last/{ae,base}/                        resume state of each stage (nav_come.train_loop)
+    DIR/last/{ae,base}/                        resume state of each stage (nav_come.core.train_loop)
     DIR/cache/latents-<split>-<key>.safetensors   frozen-AE latents of every frame
 
 ``WorldModel.from_pretrained(DIR)`` loads it; to ship a model copy ``DIR/ae`` and
@@ -34,13 +34,10 @@ import numpy as np
 import torch
 
 from nav_come.autoencoder import AEConfig, Autoencoder
-from nav_come.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
+from nav_come.core.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
+from nav_come.core.data import data_config, load_frames, read_split, read_trajectory, split_path
 from nav_come.core.precision import autocast, bf16_flag, resolve
-from nav_come.data import data_config, load_frames, read_split, read_trajectory, split_path
-from nav_come.diffusion import COSINE
-from nav_come.dit import DIT_PRESETS, DiT, dit_config, dit_training_loss
-from nav_come.latents import LatentWindowDataset, encode_split
-from nav_come.train_loop import (
+from nav_come.core.train_loop import (
     Distributed,
     LoopConfig,
     add_run_args,
@@ -50,6 +47,9 @@ from nav_come.train_loop import (
     setup_distributed,
     step_generator,
 )
+from nav_come.diffusion import COSINE
+from nav_come.dit import DIT_PRESETS, DiT, dit_config, dit_training_loss
+from nav_come.latents import LatentWindowDataset, encode_split
 from nav_come.world_model import AE_DIR, BASE_DIR
 
 VAL_SEED = 1234  # fixed validation draws: the curve compares like with like

@@ -5,13 +5,13 @@
 
 ``--expert`` is ``stm``, ``sltm``, ``ssm`` or ``full`` (the LTM trains at test time; "Sliding"
 is the STM network alone). The expert starts exactly at ``BASE/base`` with its memory
-pathways zero-initialised (DESIGN §5). ``--train all`` (default, the recipe measured in
-DESIGN §5) fine-tunes every weight at ``--lr`` 1e-4, half the base's rate; ``--train memory``
+pathways zero-initialised (docs/design.md §5). ``--train all`` (default, the recipe measured in
+docs/design.md §5) fine-tunes every weight at ``--lr`` 1e-4, half the base's rate; ``--train memory``
 freezes the base weights and trains only what memory adds, which keeps the no-memory path
 exactly the base.
 
 Targets: windows of the training split, revisit targets sampled with ``--revisit-weight``
-(as ``nav_come.train``; DESIGN §5's recipe is half of the targets from revisits: for a revisit
+(as ``nav_come.train``; docs/design.md §5's recipe is half of the targets from revisits: for a revisit
 share p of the data, ``W = (1 - p) / p``; the share W gives is printed and stored). Each
 window's memory (long histories, retrieval) is gathered by index from the latent cache, which
 holds every frame of the split in RAM.
@@ -37,14 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nav_come.checkpoint import checkpoint_hash, load_checkpoint, read_config
+from nav_come.core.checkpoint import checkpoint_hash, load_checkpoint, read_config
+from nav_come.core.data import data_config, read_split, split_path
 from nav_come.core.precision import autocast, bf16_flag, resolve
-from nav_come.data import data_config, read_split, split_path
-from nav_come.experts import EXPERTS, TRAINED, Expert, save_expert
-from nav_come.experts.common import train_only_memory
-from nav_come.latents import LatentSet, LatentWindowDataset, cache_key, encode_split
-from nav_come.memory_bank import FrameStore, RetrievalConfig
-from nav_come.train_loop import (
+from nav_come.core.train_loop import (
     Distributed,
     LoopConfig,
     add_run_args,
@@ -54,6 +50,10 @@ from nav_come.train_loop import (
     setup_distributed,
     step_generator,
 )
+from nav_come.experts import EXPERTS, TRAINED, Expert, save_expert
+from nav_come.experts.common import train_only_memory
+from nav_come.latents import LatentSet, LatentWindowDataset, cache_key, encode_split
+from nav_come.memory_bank import FrameStore, RetrievalConfig
 from nav_come.world_model import AE_DIR, BASE_DIR
 
 VAL_SEED = 1234

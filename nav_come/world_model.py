@@ -7,10 +7,10 @@ Both take a context of batch 1 and broadcast it (a view, no copy) over any numbe
 candidate action sequences, which is how the CEM planner calls them (120 × 3 = 360).
 
 Actions are one-step motions ``(dx, dy, dyaw)``: pose k+1 in the robot frame of pose k,
-xy divided by the dataset's ``metric_waypoint_spacing`` (spacing units, DESIGN §2).
-:func:`nav_come.geometry.step_actions` gives them (in metres) from a path of poses.
+xy divided by the dataset's ``metric_waypoint_spacing`` (spacing units, docs/design.md §2).
+:func:`nav_come.core.geometry.step_actions` gives them (in metres) from a path of poses.
 
-A saved world model is a folder with one checkpoint per part (see :mod:`nav_come.checkpoint`)::
+A saved world model is a folder with one checkpoint per part (see :mod:`nav_come.core.checkpoint`)::
 
     <dir>/ae/{model.safetensors,config.json}     the frozen autoencoder (kind "ae")
     <dir>/base/{model.safetensors,config.json}   the base expert (kind "dit"); its metadata
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from nav_come.autoencoder import Autoencoder
-from nav_come.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nav_come.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nav_come.core.precision import autocast, native_bf16, use_bf16
 from nav_come.diffusion import COSINE, SAMPLERS, CosineSchedule, randn
 from nav_come.dit import DiT
@@ -126,6 +126,15 @@ class WorldModel(nn.Module):
 
     # ------------------------------------------------------------------ sampling
 
+    def base_expert(self):
+        """The base network as an expert (:class:`nav_come.experts.BaseExpert`) on this model's
+        schedule and precision: what NWM imagines with, alone or composed with memory experts."""
+        from nav_come.experts.common import BaseExpert
+
+        expert = BaseExpert(self.dit)
+        expert.schedule, expert.bf16 = self.schedule, self.bf16
+        return expert
+
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         """The base expert as a denoiser: ``cond`` holds DiT.forward's keyword arguments."""
         with autocast(x_t.device, self.bf16):
@@ -175,19 +184,18 @@ class WorldModel(nn.Module):
         steps: int | None = None,
         decode: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Autoregressive K-step rollout with a sliding latent context.
+        """Autoregressive K-step rollout with a sliding latent context: the base expert alone in
+        :func:`nav_come.compose.rollout`, the loop every planner imagines with.
 
         context: (B or 1, C, ...) frames or latents; step_actions: (B, K, 3) one-step motions.
         Returns {"latents": (B, K, c, h, w), "frames": (B, K, 3, H, W) when ``decode``}.
         """
-        B, K = step_actions.shape[:2]
-        ctx = self.context_latents(context, B)  # (B, C, c, h, w)
-        out = []
-        for k in range(K):
-            z = self._sample(ctx, step_actions[:, k], 1, generator, steps)  # (B, c, h, w)
-            out.append(z)
-            ctx = torch.cat([ctx[:, 1:], z[:, None]], 1)  # drop the oldest, append the prediction
-        result = {"latents": torch.stack(out, 1)}
+        from nav_come.compose import rollout
+
+        ctx = self.context_latents(context, step_actions.shape[0])  # (B, C, c, h, w)
+        latents = rollout(self.base_expert(), None, step_actions.to(self.device), steps or self.sampler_steps,
+                          generator, self.sampler, context=ctx)  # fmt: skip
+        result = {"latents": latents}
         if decode:
             result["frames"] = self.decode(result["latents"])
         return result

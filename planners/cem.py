@@ -1,6 +1,6 @@
 """Cross-entropy method over action sequences: pure, batched, no I/O.
 
-The default parameterisation is NWM's planning protocol (DESIGN §3), exactly:
+The default parameterisation is NWM's planning protocol (docs/design.md §3), exactly:
 each candidate is ``(dx, dy, u)`` sampled in a normalised space, where
 ``(dx, dy)`` in [-1, 1] maps linearly to the action range [min, max] in spacing
 units and becomes one constant step repeated ``horizon`` times; the per-step
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nav_come.data.config import DataConfig
-from nav_come.geometry import waypoints_from_actions
+from nav_come.core.data.config import DataConfig
+from nav_come.core.geometry import waypoints_from_actions
 
 PARAMETERISATIONS = ("nwm", "per_step")
 

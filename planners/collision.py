@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nav_come.checkpoint import (
+from nav_come.core.checkpoint import (
     CONFIG,
     checkpoint_hash,
     load_checkpoint,
@@ -52,10 +52,10 @@ from nav_come.checkpoint import (
     register_kind,
     save_checkpoint_files,
 )
+from nav_come.core.data import DataFormatError, split_path
 from nav_come.core.precision import bf16_flag
-from nav_come.data import DataFormatError, split_path
+from nav_come.core.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
 from nav_come.latents import LatentSet, encode_split
-from nav_come.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
 
 KIND = "clearance"
 FOV_DEG = 90.0  # envs.worlds.CAMERA_FOVY: square images, the same horizontally

@@ -12,13 +12,13 @@ which of them ranks CEM candidates best; ``auto`` without LPIPS weights is the l
 MSE, chosen there (40 validation samples: it and pixel MSE rank candidates twice as well
 as 1-SSIM, and it needs no decoding).
 
-``world_model_cost`` turns a world model and a goal into the cost function the
-CEM planner takes: it rolls every candidate out ``rollouts`` times with a
-sliding context and averages the distances, as in NWM's protocol. Two optional penalties
-are added: ``length_weight`` per spacing unit of path, and ``collision_weight`` times the
-collision risk a :class:`~planners.collision.ClearanceHead` reads from every imagined frame. ``memory_cost`` is
-the same over composed memory experts rolled out from an episode's memory. Both charge
-their work to an optional :class:`~planners.timing.PlanTimer` (encode, denoise, decode, cost).
+``world_model_cost`` turns a world model (its base expert alone, or composed with memory
+experts over an episode's memory) and a goal into the cost function the CEM planner takes:
+it rolls every candidate out ``rollouts`` times with a sliding context and averages the
+distances, as in NWM's protocol. Two optional penalties are added: ``length_weight`` per
+spacing unit of path, and ``collision_weight`` times the collision risk a
+:class:`~planners.collision.ClearanceHead` reads from every imagined frame. It charges its
+work to an optional :class:`~planners.timing.PlanTimer` (encode, denoise, decode, cost).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from eval.metrics import lpips, lpips_available, ssim
 from nav_come.compose import rollout
-from nav_come.geometry import step_actions, waypoints_from_actions
+from nav_come.core.geometry import step_actions, waypoints_from_actions
+from nav_come.core.metrics import lpips, lpips_available, ssim
 from nav_come.memory_bank import EpisodeMemory
 from planners.timing import PlanTimer, section
 
@@ -88,13 +88,6 @@ class GoalDistance:
         return (pred - goal).pow(2).flatten(1).mean(1)
 
 
-def add_penalty_args(p) -> None:
-    """The CLIs' ``--length-weight`` and ``--collision-weight`` (``load_method``'s penalties)."""
-    p.add_argument("--length-weight", type=float, default=0.0, help="CEM cost per spacing unit of path")
-    p.add_argument("--collision-weight", type=float, default=0.0,
-                   help="CEM cost per metre of collision risk (needs CKPT/collision, planners.collision)")  # fmt: skip
-
-
 def path_length(deltas: torch.Tensor) -> torch.Tensor:
     """Length of each candidate's path in spacing units: (N, H, 3) -> (N,)."""
     return deltas[..., :2].norm(dim=-1).sum(-1)
@@ -141,7 +134,7 @@ def _collision_penalty(collision, weight: float, latents: torch.Tensor, n: int, 
 
 def world_model_cost(
     world_model,
-    context: torch.Tensor,
+    start: EpisodeMemory | torch.Tensor,
     goal: torch.Tensor,
     distance: GoalDistance,
     rollouts: int = 3,
@@ -150,55 +143,33 @@ def world_model_cost(
     timer: PlanTimer | None = None,
     collision=None,
     collision_weight: float = 0.0,
+    denoiser=None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The CEM cost: per-step deltas (N, H, 3) in the start frame -> (N,) mean goal distance.
+    """The CEM cost of every world-model method: per-step deltas (N, H, 3) in the start frame ->
+    (N,) mean goal distance (plus the penalties).
 
-    context: (1, C, 3, H, W) frames or (1, C, c, h, w) latents; goal: (3, H, W) frame in
-    [0, 1]. The context is encoded once here (if frames), not once per candidate or per CEM
-    iteration.
+    start: the episode whose newest real frames start every rollout (an
+    :class:`~nav_come.memory_bank.EpisodeMemory`, already encoded), or context frames
+    (1, C, 3, H, W) / latents (1, C, c, h, w) with no episode (encoded once here); goal: (3, H, W)
+    frame in [0, 1]; denoiser: what imagines, a :class:`~nav_come.compose.ComposedDenoiser`
+    (None: the world model's base expert alone, NWM). Every candidate × rollout runs in ONE
+    rollout (batch N*R, :func:`nav_come.compose.rollout`) with the world model's sampler and
+    sampler steps; the world model decodes (and encodes a latent goal).
     """
-    with section(timer, "encode"):
-        ctx = world_model.context_latents(context, 1)  # (1, C, c, h, w)
-    target = _goal_target(world_model, goal, distance, timer)
-
-    def cost(deltas: torch.Tensor) -> torch.Tensor:
-        steps = candidate_motions(deltas, rollouts)  # (N*R, H, 3)
-        with section(timer, "denoise"):
-            out = world_model.rollout(ctx, steps, generator=generator, decode=False)
-        last = out["latents"][:, -distance.frames :]  # (N*R, F, c, h, w): the final frame(s) are compared
-        c = _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
-        return c + _collision_penalty(collision, collision_weight, out["latents"], len(deltas), rollouts, timer)
-
-    return cost
-
-
-def memory_cost(
-    world_model,
-    denoiser,
-    memory: EpisodeMemory,
-    goal: torch.Tensor,
-    distance: GoalDistance,
-    rollouts: int = 3,
-    generator: torch.Generator | None = None,
-    length_weight: float = 0.0,
-    timer: PlanTimer | None = None,
-    collision=None,
-    collision_weight: float = 0.0,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The same cost over composed memory experts (CoME, NWM+STM, NWM+LTM).
-
-    denoiser: a :class:`~nav_come.compose.ComposedDenoiser`; memory: the episode, whose newest
-    real frames are the context (already encoded). Every candidate × rollout runs in ONE
-    composed rollout (batch N*R), with the world model's sampler and sampler steps; the
-    world model only decodes (and encodes a latent goal).
-    """
+    context = None
+    if isinstance(start, torch.Tensor):
+        with section(timer, "encode"):
+            context = world_model.context_latents(start, 1)  # (1, C, c, h, w)
+        start = None
+    denoiser = denoiser if denoiser is not None else world_model.base_expert()
     target = _goal_target(world_model, goal, distance, timer)
 
     def cost(deltas: torch.Tensor) -> torch.Tensor:
         steps = candidate_motions(deltas, rollouts).to(world_model.device)  # (N*R, H, 3)
         with section(timer, "denoise"):
-            latents = rollout(denoiser, memory, steps, world_model.sampler_steps, generator, world_model.sampler)
-        last = latents[:, -distance.frames :]  # (N*R, F, c, h, w)
+            latents = rollout(denoiser, start, steps, world_model.sampler_steps, generator, world_model.sampler,
+                              context=context)  # fmt: skip
+        last = latents[:, -distance.frames :]  # (N*R, F, c, h, w): the final frame(s) are compared
         c = _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
         return c + _collision_penalty(collision, collision_weight, latents, len(deltas), rollouts, timer)
 

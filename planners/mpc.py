@@ -23,7 +23,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from nav_come.geometry import wrap_angle
+from nav_come.core.geometry import wrap_angle
 
 
 class TrackingController:
@@ -133,7 +133,7 @@ class MPC:
     def reset(self, first_frame: np.ndarray, pose=None, history: tuple | None = None) -> None:
         """Start an episode: the context is the first frame repeated.
 
-        A memory-carrying planner (one with ``observe``) is given the frames and world
+        A memory-carrying planner (``uses_memory``) is given the frames and world
         poses seen before the episode (``history = (frames (T, H, W, 3), poses (T, 3))``)
         and the first frame with its ``pose``.
         """
@@ -142,7 +142,7 @@ class MPC:
             self.frames.append(first_frame)
         self.previous = None
         self.controller.reset()
-        if hasattr(self.planner, "observe") and pose is not None:
+        if self.planner.uses_memory and pose is not None:
             frames, poses = history if history is not None else (np.zeros((0, *first_frame.shape), np.uint8),
                                                                  np.zeros((0, 3)))
             self.planner.observe(np.concatenate([frames, first_frame[None]]), np.vstack([poses, pose]))
@@ -152,7 +152,7 @@ class MPC:
         """frame, goal: uint8 (H, W, 3); pose: the frame's world pose, fed to a memory-carrying
         planner (skipped for the first frame, which ``reset`` observed). Returns ((v, w), plan)."""
         self.frames.append(frame)
-        if hasattr(self.planner, "observe") and pose is not None and not first:
+        if self.planner.uses_memory and pose is not None and not first:
             self.planner.observe(frame[None], np.asarray(pose)[None], append=True)
         ctx = torch.from_numpy(np.stack(self.frames)).float().div(255).movedim(-1, -3)[None]  # (1, C, 3, H, W)
         g = torch.from_numpy(goal).float().div(255).movedim(-1, -3)  # (3, H, W)

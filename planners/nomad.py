@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nav_come.data.config import ACTION_MAX, ACTION_MIN
+from nav_come.core.data.config import ACTION_MAX, ACTION_MIN
 from nav_come.diffusion import rand, randn
 from nav_come.dit import ScalarEmbedder
 from planners.policy_common import (

@@ -6,11 +6,11 @@ registry, the config base, the image encoder and the waypoint encodings.
 frame), and ``goal`` (B, 3, H, W); it returns ``{"waypoints": (B, K, 3), "distance": (B,)
 or None}``. Waypoints are ``(x, y, yaw)`` of the next K frames in the robot frame of the
 current frame, xy in spacing units, yaw in radians: the convention of
-``TrajectoryDataset``'s ``rel_poses`` (DESIGN §2). The distance is the predicted number
+``TrajectoryDataset``'s ``rel_poses`` (docs/design.md §2). The distance is the predicted number
 of steps to the goal. ``policy.loss(batch, generator)`` is the training objective on a
 collated ``TrajectoryDataset`` batch.
 
-**Checkpoints** use :mod:`nav_come.checkpoint` (kind = the policy name):
+**Checkpoints** use :mod:`nav_come.core.checkpoint` (kind = the policy name):
 ``policy.save(dir)`` writes ``dir/model.safetensors`` and ``dir/config.json`` and
 ``load_policy(dir)`` rebuilds the policy from them alone.
 """
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nav_come.checkpoint import CheckpointError, load_checkpoint, read_config, register_kind, save_checkpoint_files
-from nav_come.data import poses
-from nav_come.geometry import actions_from_waypoints, se2_relative
+from nav_come.core.checkpoint import CheckpointError, load_checkpoint, read_config, register_kind, save_checkpoint_files
+from nav_come.core.data import poses
+from nav_come.core.geometry import actions_from_waypoints, se2_relative
 
 BUILTIN_MODULES = ("planners.gnm", "planners.nomad")  # each registers its policy on import
 
@@ -152,7 +152,7 @@ def from_xycs(xycs: torch.Tensor) -> torch.Tensor:
 
 def cumulative_xy(deltas: torch.Tensor) -> torch.Tensor:
     """Per-step (dx, dy) -> positions (..., K, 2): the cumulative sum of
-    :func:`nav_come.geometry.waypoints_from_actions` (deltas in the start frame)."""
+    :func:`nav_come.core.geometry.waypoints_from_actions` (deltas in the start frame)."""
     return torch.cumsum(deltas, -2)
 
 

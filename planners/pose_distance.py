@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nav_come.checkpoint import (
+from nav_come.core.checkpoint import (
     CONFIG,
     checkpoint_hash,
     load_checkpoint,
@@ -47,11 +47,11 @@ from nav_come.checkpoint import (
     register_kind,
     save_checkpoint_files,
 )
+from nav_come.core.data import data_config, split_path
+from nav_come.core.geometry import se2_relative, wrap_angle
 from nav_come.core.precision import bf16_flag
-from nav_come.data import data_config, split_path
-from nav_come.geometry import se2_relative, wrap_angle
+from nav_come.core.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
 from nav_come.latents import LatentSet, encode_split
-from nav_come.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
 
 KIND = "posehead"
 VAL_PAIRS = 2048

@@ -1,4 +1,4 @@
-"""Train a GNM or NoMaD waypoint policy (the DESIGN §3 baselines) on RECON-format data.
+"""Train a GNM or NoMaD waypoint policy (the docs/design.md §3 baselines) on RECON-format data.
 
     python -m planners.train_policy --policy gnm --data data/maze --out checkpoints/gnm --max-minutes 15 --threads 1
     python -m planners.train_policy --policy nomad --data data/maze --out checkpoints/nomad --max-minutes 15 --threads 1
@@ -6,15 +6,15 @@
 Layout of ``--out DIR``::
 
     DIR/model.safetensors, DIR/config.json   final weights: ``planners.policy_common.load_policy(DIR)``
-    DIR/last/                                 resume state (nav_come.train_loop); the same command continues it
+    DIR/last/                                 resume state (nav_come.core.train_loop); the same command continues it
 
 Samples are ``TrajectoryDataset`` windows: 4 context frames (the last is the current
 frame), the 8 ground-truth waypoints, and a goal drawn 1..20 steps ahead afresh at every
 step (GNM's range; ``--goal-range``); the distance label is the goal offset. The loop is
-:func:`nav_come.train_loop.fit`: AdamW, linear warm-up then constant LR, EMA (NoMaD's
+:func:`nav_come.core.train_loop.fit`: AdamW, linear warm-up then constant LR, EMA (NoMaD's
 default 0.995; GNM trains without one, as the original: decay 0 exports the raw weights),
 resume state every ``--ckpt-every-min`` minutes and on Ctrl-C. Validation uses the val
-split when there is one: ATE/RPE (eval.metrics, spacing units) of the predicted waypoints
+split when there is one: ATE/RPE (nav_come.core.metrics, spacing units) of the predicted waypoints
 against the ground truth, with the planning protocol's goal 8 steps ahead, on up to
 ``--val-samples`` fixed windows. A run resumed from ``DIR/last`` keeps that run's config.
 Mistakes print one line and exit with status 2.
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval.metrics import ate, rpe
-from nav_come.checkpoint import CONFIG, CheckpointError, read_config
+from nav_come.core.checkpoint import CONFIG, CheckpointError, read_config
+from nav_come.core.data import TrajectoryDataset, split_path
+from nav_come.core.metrics import ate, rpe
 from nav_come.core.precision import PRECISIONS, bf16_flag, resolve
-from nav_come.data import TrajectoryDataset, split_path
-from nav_come.train_loop import Distributed, LoopConfig, fit, setup_distributed
+from nav_come.core.train_loop import Distributed, LoopConfig, fit, setup_distributed
 from planners.policy_common import Policy, PolicyConfig, builtin_policies
 
 BATCH_KEYS = ("context", "goal", "rel_poses", "goal_offset")

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nav_come.data import split_path, write_split, write_trajectory
+from nav_come.core.data import split_path, write_split, write_trajectory
 
 STEP_M = 0.25  # metres per step: 1 m/s at 4 Hz
 LOOP_PERIOD = 24  # steps per lap of a looping path

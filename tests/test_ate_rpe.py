@@ -103,7 +103,7 @@ def test_cost_figure_from_reports(setup, tmp_path, capsys):
 def test_plan_collisions_finds_plans_through_walls(tmp_path):
     from envs.occupancy import OccupancyMap
     from envs.worlds import generate_world
-    from nav_come.data import write_trajectory
+    from nav_come.core.data import write_trajectory
 
     occ = OccupancyMap(generate_world("maze", 7))
     start = occ.sample_free(np.random.default_rng(0), min_clearance=0.5)

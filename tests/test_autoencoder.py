@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from nav_come.autoencoder import AEConfig, Autoencoder
-from nav_come.checkpoint import load_checkpoint, save_checkpoint
+from nav_come.core.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (128, 128), (64, 96)])

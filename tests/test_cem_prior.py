@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from nav_come.data import write_split, write_trajectory
-from nav_come.data.cem_prior import cem_prior, check, main
+from eval.cem_prior import cem_prior, check, main
+from nav_come.core.data import write_split, write_trajectory
 
 
 def _straight(folder, step_m: float, T: int = 33):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from test_world_model import SIZE, tiny_world_model
 
-from nav_come.checkpoint import save_checkpoint_files
-from nav_come.data import DataFormatError
+from nav_come.core.checkpoint import save_checkpoint_files
+from nav_come.core.data import DataFormatError
 from planners import cem
 from planners.collision import ClearanceConfig, ClearanceHead, load_clearance_head, view_clearance, world_of
 from planners.cost import GoalDistance, world_model_cost

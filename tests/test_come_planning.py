@@ -8,16 +8,16 @@ import torch
 from test_memory_eval import memory_data, tiny_memory_ckpt
 
 from eval import ate_rpe
-from nav_come.checkpoint import CheckpointError
 from nav_come.compose import CPU_MAX_BATCH
-from nav_come.data import poses, read_trajectory
+from nav_come.core.checkpoint import CheckpointError
+from nav_come.core.data import poses, read_trajectory
 from planners import cem
 from planners.methods import (
     DEFAULT_ALPHAS,
     ONE_STEP_ALPHA,
-    MemoryPlanner,
     MethodUnavailable,
     PlanResult,
+    WorldModelPlanner,
     default_alphas,
     load_method,
     ltm_expert,
@@ -38,19 +38,19 @@ def setup(tmp_path_factory):
     return {"root": root, "frames": frames, "poses": poses(tr.position, tr.yaw)}
 
 
-def planner(setup, name: str = "come", ckpt: str = "ckpt") -> MemoryPlanner:
+def planner(setup, name: str = "come", ckpt: str = "ckpt") -> WorldModelPlanner:
     cfg = cem.CEMConfig(n_candidates=6, top_k=2)
     return load_method(name, setup["root"] / ckpt, cem_config=cfg, distance="dssim", sampler_steps=2, rollouts=2)
 
 
-def plan(p: MemoryPlanner, setup, t: int = 40, **kw) -> PlanResult:
+def plan(p: WorldModelPlanner, setup, t: int = 40, **kw) -> PlanResult:
     frames = setup["frames"]
     return p(frames[None, t - 3 : t + 1], frames[t + 8], torch.Generator().manual_seed(0), **kw)
 
 
 def test_come_plans_8_waypoints_in_one_batched_rollout_and_uses_the_history(setup, monkeypatch):
     p = planner(setup)
-    assert isinstance(p, MemoryPlanner) and list(p.denoiser.experts) == ["base", "stm", "ltm", "sltm"]
+    assert isinstance(p, WorldModelPlanner) and list(p.denoiser.experts) == ["base", "stm", "ltm", "sltm"]
     with pytest.warns(UserWarning, match="no episode history"):
         alone = plan(p, setup, imagine=True)
     assert alone.waypoints.shape == (8, 3) and alone.imagined.shape == (8, 3, 32, 32) and alone.note
@@ -129,13 +129,13 @@ def test_navigate_feeds_the_frames_it_sees_into_come_memory(setup, tmp_path, mon
     from eval import navigate
 
     seen = []
-    observe = MemoryPlanner.observe
+    observe = WorldModelPlanner.observe
 
     def spy(self, frames, poses=None, append=False):
         seen.append((len(frames), poses is not None, append))
         return observe(self, frames, poses, append)
 
-    monkeypatch.setattr(MemoryPlanner, "observe", spy)
+    monkeypatch.setattr(WorldModelPlanner, "observe", spy)
     rc = navigate.main(["--methods", "CoME", "--ckpt", str(setup["root"] / "ckpt"), "--episodes", "2",
                         "--max-steps", "2", "--image-size", "32", "--candidates", "6", "--rollouts", "1",
                         "--steps", "2", "--json", str(tmp_path / "nav.json")])
@@ -152,7 +152,7 @@ def test_alpha_zero_leaves_an_expert_out_of_the_composition(setup):
                     alphas={"stm": 0.0, "sltm": 3.0})  # fmt: skip
     assert p.denoiser.alphas == {"base": 1.0, "ltm": 2.0, "sltm": 3.0}
     with pytest.raises(ValueError, match="--alpha"):
-        ate_rpe.run(ate_rpe.build_parser().parse_args(["--data", "x", "--alpha", "bogus=1"]))
+        ate_rpe.run(ate_rpe.build_parser().parse_args(["--data", str(setup["root"] / "data"), "--alpha", "bogus=1"]))
 
 
 def test_one_step_samplers_compose_with_their_own_alphas(setup):

@@ -6,7 +6,7 @@ import torch
 from helpers import LOOP_PERIOD, make_fake_dataset, make_fake_trajectory, smooth_path
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from nav_come.data import (
+from nav_come.core.data import (
     DataConfig,
     DataFormatError,
     TrajectoryDataset,
@@ -15,7 +15,7 @@ from nav_come.data import (
     revisit_mask,
     write_split,
 )
-from nav_come.geometry import se2_compose
+from nav_come.core.geometry import se2_compose
 
 T = 30
 

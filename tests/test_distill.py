@@ -11,7 +11,7 @@ from test_experts import episode, make_expert, tiny_base
 from test_memory_eval import memory_data, tiny_memory_ckpt
 
 from eval import bench
-from nav_come.checkpoint import CONFIG, WEIGHTS, CheckpointError, checkpoint_hash, load_checkpoint, save_checkpoint
+from nav_come.core.checkpoint import CONFIG, WEIGHTS, CheckpointError, checkpoint_hash, load_checkpoint, save_checkpoint
 from nav_come.diffusion import ddim_sample, diffusion_loss
 from nav_come.distill import (
     DISTILLED_DIR,
@@ -294,7 +294,7 @@ def test_the_eval_scripts_sample_with_the_distilled_networks(tmp_path):
 def test_the_shipped_distilled_networks_match_the_shipped_experts():
     """checkpoints/maze/distilled/1step holds base, STM and SLTM distilled from exactly the shipped
     networks (their recorded hashes), and CoME plans with them."""
-    from nav_come.checkpoint import SHIPPED_CHECKPOINT
+    from nav_come.core.checkpoint import SHIPPED_CHECKPOINT
 
     root = SHIPPED_CHECKPOINT / DISTILLED_DIR
     for name in ("base", "stm", "sltm"):

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from nav_come.checkpoint import load_checkpoint, save_checkpoint
+from nav_come.core.checkpoint import load_checkpoint, save_checkpoint
 from nav_come.dit import DIT_PRESETS, DiT, DiTConfig, dit_config, dit_training_loss
 
 

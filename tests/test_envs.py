@@ -13,8 +13,8 @@ from envs import collect
 from envs.occupancy import OccupancyMap
 from envs.sim import Simulator
 from envs.worlds import FAMILIES, generate_world
-from nav_come.data.actions import one_step_actions
-from nav_come.data.recon import read_split, read_trajectory
+from nav_come.core.data.actions import one_step_actions
+from nav_come.core.data.recon import read_split, read_trajectory
 
 
 @pytest.mark.parametrize("family", FAMILIES)

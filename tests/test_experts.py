@@ -8,8 +8,8 @@ import torch
 from helpers import LOOP_PERIOD, make_fake_dataset, smooth_path
 from test_dit import perturb
 
-from nav_come.checkpoint import CONFIG, CheckpointError, load_checkpoint, save_checkpoint
 from nav_come.compose import run_branches
+from nav_come.core.checkpoint import CONFIG, CheckpointError, load_checkpoint, save_checkpoint
 from nav_come.dit import DiT, dit_config
 from nav_come.experts import (
     BaseExpert,

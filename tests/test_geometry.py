@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nav_come.geometry import (
+from nav_come.core.geometry import (
     actions_from_waypoints,
     robot_to_world,
     se2_compose,

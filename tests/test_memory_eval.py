@@ -12,8 +12,8 @@ from test_world_model import tiny_world_model
 
 from eval.memory_table import COPY_NEAREST, ROWS, CopyNearest
 from eval.predict import main
-from nav_come.checkpoint import WEIGHTS
 from nav_come.compose import rollout
+from nav_come.core.checkpoint import WEIGHTS
 from nav_come.diffusion import COSINE
 from nav_come.experts import FullExpert, LTMExpert, SpatialExpert, SSMExpert, STMExpert, copy_nearest, save_expert
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics import LPIPSUnavailable, ate, lpips, lpips_available, psnr, rpe, ssim
+from nav_come.core.metrics import LPIPSUnavailable, ate, lpips, lpips_available, psnr, rpe, ssim
 
 rng = np.random.default_rng(0)
 

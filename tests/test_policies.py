@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import make_fake_dataset
 
-from nav_come.data import TrajectoryDataset
+from nav_come.core.data import TrajectoryDataset
 from planners.policy_common import builtin_policies, from_xycs, load_policy, to_xycs
 from planners.train_policy import collate, main
 

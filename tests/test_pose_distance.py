@@ -10,7 +10,7 @@ from helpers import make_fake_dataset
 from test_world_model import SIZE, tiny_world_model
 
 from eval import ate_rpe, costs
-from nav_come.geometry import se2_relative
+from nav_come.core.geometry import se2_relative
 from nav_come.latents import LatentSet
 from planners.cost import GoalDistance
 from planners.methods import MethodUnavailable, load_distance

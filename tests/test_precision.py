@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nav_come.checkpoint import SHIPPED_CHECKPOINT
 from nav_come.core import precision
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT
 from nav_come.world_model import WorldModel
 
 AVX2_ONLY = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma"})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from helpers import make_fake_trajectory
 
-from nav_come.data import (
+from nav_come.core.data import (
     DataFormatError,
     load_frames,
     read_split,
@@ -14,7 +14,7 @@ from nav_come.data import (
     write_split,
     write_trajectory,
 )
-from nav_come.io import atomic_write_text
+from nav_come.core.io import atomic_write_text
 
 
 def _rewrite_pkl(folder, **changes):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import make_fake_trajectory
 
-from nav_come.data import DataFormatError, read_trajectory, recon
+from nav_come.core.data import DataFormatError, read_trajectory, recon
 
 T = 4
 
@@ -93,7 +93,7 @@ def test_code_running_pickle_is_refused_unexecuted(tmp_path, kind, protocol):
         ("numpy.testing._private.utils", "runstring"),
         ("numpy._core.multiarray", "frombuffer"),
         ("pickle", "loads"),
-        ("nav_come.data.recon", "write_trajectory"),
+        ("nav_come.core.data.recon", "write_trajectory"),
     ],
 )
 def test_any_other_global_is_refused(tmp_path, module, name):

@@ -11,7 +11,7 @@ import torch
 from test_memory_eval import memory_data, tiny_memory_ckpt
 
 from eval import ate_rpe, distributed, predict
-from nav_come.train_loop import Distributed
+from nav_come.core.train_loop import Distributed
 from planners.policy_common import builtin_policies
 
 REPO = Path(__file__).resolve().parents[1]

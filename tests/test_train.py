@@ -7,11 +7,11 @@ from helpers import make_fake_dataset, make_fake_trajectory
 from safetensors.torch import load_file
 
 from nav_come.autoencoder import AEConfig, Autoencoder
-from nav_come.checkpoint import CONFIG, WEIGHTS
-from nav_come.data import read_trajectory, relative_poses, revisit_mask, write_split
+from nav_come.core.checkpoint import CONFIG, WEIGHTS
+from nav_come.core.data import read_trajectory, relative_poses, revisit_mask, write_split
+from nav_come.core.train_loop import LoopConfig, fit, setup_distributed
 from nav_come.latents import LatentWindowDataset, encode_split
 from nav_come.train import main
-from nav_come.train_loop import LoopConfig, fit, setup_distributed
 from nav_come.world_model import WorldModel
 
 TINY = ["--preset", "tiny", "--image-size", "32", "--ae-steps", "3", "--ae-batch-size", "4", "--batch-size", "4"]
@@ -189,7 +189,7 @@ def test_a_killed_run_saves_its_resume_state(data_dir, tmp_path):
 
 
 def test_cuda_placement_one_rank_per_gpu_or_shared():
-    from nav_come.train_loop import cuda_placement
+    from nav_come.core.train_loop import cuda_placement
 
     assert [cuda_placement(r, 2, 2) for r in range(2)] == [(0, "nccl"), (1, "nccl")]
     assert [cuda_placement(r, 4, 1)[0] for r in range(4)] == [0, 0, 0, 0]

@@ -5,7 +5,7 @@ import torch
 from test_dit import perturb
 
 from nav_come.autoencoder import AEConfig, Autoencoder
-from nav_come.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_checkpoint
+from nav_come.core.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_checkpoint
 from nav_come.dit import DiT, dit_config
 from nav_come.world_model import WorldModel
 

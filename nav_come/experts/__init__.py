@@ -1,4 +1,4 @@
-"""Memory experts for CoME (DESIGN §1) and the paper's memory baselines.
+"""Memory experts for CoME (docs/design.md §1) and the paper's memory baselines.
 
 | name    | class                    | memory it adds to the base                                   |
 |---------|--------------------------|--------------------------------------------------------------|
@@ -13,7 +13,7 @@
 Every expert is a denoiser ``expert(x_t, t, cond) -> v`` with ``cond = expert.condition(memory,
 query)``, and :class:`~nav_come.compose.ComposedDenoiser` combines any subset. Trained experts
 start from the base (``from_base``) with zero-initialised memory pathways and are trained by
-``python -m nav_come.train_expert``. Checkpoints are :mod:`nav_come.checkpoint` folders of kind
+``python -m nav_come.train_expert``. Checkpoints are :mod:`nav_come.core.checkpoint` folders of kind
 ``stm``, ``ltm``, ``sltm``, ``full`` or ``ssm`` (config + weights); :func:`load_expert` reads any.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from nav_come.checkpoint import CheckpointError, load_checkpoint, read_config, register_kind, save_checkpoint
+from nav_come.core.checkpoint import CheckpointError, load_checkpoint, read_config, register_kind, save_checkpoint
 from nav_come.experts.baselines import FullExpert, Sliding, SSMExpert
 from nav_come.experts.common import BaseExpert, Condition, Expert
 from nav_come.experts.ltm import LTMConfig, LTMExpert, MemorizeReport

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from nav_come.compose import Branch, run_branches
+from nav_come.core.geometry import se2_relative
 from nav_come.diffusion import COSINE, CosineSchedule, rand
 from nav_come.dit import DiT, DiTConfig
-from nav_come.geometry import se2_relative
 from nav_come.memory_bank import EpisodeMemory, FrameStore, Query
 
 POSE_SCALE = 8.0  # spacing units: relative xy is divided by it before embedding (a window spans ~30 steps)

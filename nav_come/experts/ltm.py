@@ -5,7 +5,7 @@ the expert starts as the base) memorises the episode's **long-term past**: frame
 than the STM's reach (``exclude_recent`` = context + STM window = 32 frames by default). It
 trains with the base's own objective (v-MSE, no condition dropout) on windows drawn from
 that past: 4 context frames, a target 1..max_shift frames later and its relative-pose action,
-about ``steps_per_frame`` = 2 AdamW steps per stored frame at lr 1e-4 (DESIGN §1).
+about ``steps_per_frame`` = 2 AdamW steps per stored frame at lr 1e-4 (docs/design.md §1).
 
 - :meth:`LTMExpert.memorize` starts over on a history; :meth:`LTMExpert.update` (also
   :meth:`prepare`) continues as frames arrive, training only for the frames that became

@@ -4,7 +4,7 @@ For each prediction the target's world pose (newest context pose composed with t
 queries the episode's :class:`~nav_come.memory_bank.MemoryBank`: the top-K frames older
 than the context, nearest by ``metres + 0.5·|Δyaw|``, within ``radius`` and facing within
 ``max_yaw`` of the target (view overlap). The network is ``DiT.from_base(base,
-extra_frames=K, extra_cond_dim=5K+4)`` (DESIGN §5, measured to work):
+extra_frames=K, extra_cond_dim=5K+4)`` (docs/design.md §5, measured to work):
 
 - the retrieved latents enter as extra input channels whose patch-embedding weights start at
   zero (missing ones are zeros);

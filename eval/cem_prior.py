@@ -1,14 +1,10 @@
-"""The initial CEM distribution of a dataset, measured on its training split.
+"""The initial CEM distribution of a dataset (:mod:`nav_come.core.data.cem_prior`), and a check of it.
 
-    python -m nav_come.data.cem_prior --data data/maze [--split train]
+    python -m eval.cem_prior --data data/maze [--split train] [--check val]
 
-NWM's planning preset starts CEM at per-dataset statistics of the 2-second motions the
-robots drove (DESIGN §3). This computes the same statistics for any RECON-format dataset,
-in CEM's normalised space (planners.cem): for every 8th time step of every trajectory of the
-split, the ground-truth 8-step motion gives the mean step ``(dx, dy)`` (final waypoint / 8,
-mapped to [-1, 1] through the action range) and the final-yaw residual
-``u = wrap(yaw_8 - atan2(dy, dx)) / π``. It prints their means and standard deviations, the
-values ``CEM_INIT`` holds per dataset. Only the training split is read: never the test split.
+It prints the means and standard deviations of the training split's 8-step motions in CEM's
+normalised space, the values ``CEM_INIT`` holds per dataset. Only the training split is read:
+never the test split.
 
 ``--check val`` scores a prior on the split's ``navigation_eval.json`` samples without any
 model: ``mean plan`` drives the prior's mean (a blind baseline a planner must beat) and
@@ -25,35 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nav_come.data.actions import gt_waypoints
-from nav_come.data.config import ACTION_MAX, ACTION_MIN, data_config
-from nav_come.data.recon import DataFormatError, read_split, read_trajectory, split_path
-from nav_come.geometry import wrap_angle
-
-HORIZON = 8
-
-
-def motions(data: Path, split: str = "train", split_dir=None, dataset=None) -> np.ndarray:
-    """(N, 3) normalised (dx, dy, u) of every 8th 8-step motion of the split's trajectories."""
-    spacing = data_config(dataset or data).metric_waypoint_spacing
-    lo, hi = np.array(ACTION_MIN), np.array(ACTION_MAX)
-    out = []
-    for name in read_split(split_path(data, split, split_dir, dataset)):
-        tr = read_trajectory(data / name, load_images=False)
-        for t in range(0, len(tr.position) - HORIZON, HORIZON):
-            end = gt_waypoints(tr.position, tr.yaw, t, HORIZON, spacing=spacing)[-1]  # (3,)
-            step = end[:2] / HORIZON
-            u = wrap_angle(end[2] - np.arctan2(step[1], step[0])) / np.pi
-            out.append([*((step - lo) / (hi - lo) * 2 - 1), u])
-    if not out:
-        raise ValueError(f"{data}: the {split} split has no trajectory longer than {HORIZON} steps")
-    return np.asarray(out)
-
-
-def cem_prior(data: Path, split: str = "train", split_dir=None, dataset=None) -> tuple[tuple, tuple, int]:
-    """(mean, std, n) of the normalised (dx, dy, u) motions of the split."""
-    m = motions(data, split, split_dir, dataset)
-    return tuple(m.mean(0).round(3).tolist()), tuple(m.std(0).round(3).tolist()), len(m)
+from nav_come.core.data.actions import gt_waypoints
+from nav_come.core.data.cem_prior import HORIZON, cem_prior
+from nav_come.core.data.config import data_config
+from nav_come.core.data.recon import DataFormatError, read_trajectory, split_path
 
 
 def check(data: Path, split: str, mean, std, n_candidates: int = 120, seed: int = 0, split_dir=None, dataset=None):
@@ -63,7 +34,7 @@ def check(data: Path, split: str, mean, std, n_candidates: int = 120, seed: int 
 
     import torch
 
-    from eval.metrics import ate, rpe  # a diagnostic: the project's one ATE/RPE
+    from nav_come.core.metrics import ate, rpe
     from planners import cem
 
     cfg = cem.CEMConfig(init_mean=tuple(mean), init_std=tuple(std), n_candidates=n_candidates)
@@ -84,7 +55,7 @@ def check(data: Path, split: str, mean, std, n_candidates: int = 120, seed: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nav_come.data.cem_prior", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m eval.cem_prior", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
     p.add_argument("--split", default="train", help="split measured (default train)")
     p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
@@ -100,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cem_init_mean = {mean}  # normalised (dx, dy, u)")
     print(f"cem_init_std = {std}")
     if args.check:
-        from nav_come.data.config import CEM_INIT
+        from nav_come.core.data.config import CEM_INIT
 
         print(f"\nno model, {args.check} split (spacing units){'mean plan ATE':>16} {'RPE':>6} {'best of 120 ATE':>16}")
         for name, (m, s) in (("measured prior", (mean, std)), ("RECON's prior", CEM_INIT["recon"])):

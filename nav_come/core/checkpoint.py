@@ -26,21 +26,18 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from nav_come.autoencoder import AEConfig, Autoencoder
-from nav_come.dit import DIT_PRESETS, DiT, DiTConfig
-from nav_come.io import atomic_directory, atomic_write_text
+from nav_come.core.io import atomic_directory, atomic_write_text
 
 # The world model shipped with the repository (``WorldModel.from_pretrained`` folder).
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "maze"
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "maze"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 FORMAT_VERSION = 1
 
-# kind -> (config dataclass, model class built from it). Memory experts register theirs.
-MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
-    "ae": (AEConfig, Autoencoder),
-    "dit": (DiTConfig, DiT),
-}
+# kind -> (config dataclass, model class built from it); every network module registers its own
+# (importing ``nav_come`` registers the autoencoder "ae" and the denoiser "dit").
+MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {}
+PRESETS: dict[str, dict] = {}  # kind -> its named presets, when a checkpoint's "preset" must be one of them
 
 
 class CheckpointError(RuntimeError):
@@ -53,9 +50,12 @@ class CheckpointError(RuntimeError):
         super().__init__(" ".join(str(message).split()))
 
 
-def register_kind(kind: str, config_cls: type, model_cls: type[nn.Module]) -> None:
-    """Make ``kind`` loadable: ``model_cls(config_cls(**fields))`` rebuilds the network."""
+def register_kind(kind: str, config_cls: type, model_cls: type[nn.Module], presets: dict | None = None) -> None:
+    """Make ``kind`` loadable: ``model_cls(config_cls(**fields))`` rebuilds the network; ``presets``:
+    the named presets a checkpoint's ``preset`` field must come from ("custom" is always allowed)."""
     MODEL_KINDS[kind] = (config_cls, model_cls)
+    if presets is not None:
+        PRESETS[kind] = presets
 
 
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, kind: str, metadata: dict | None = None) -> Path:
@@ -130,9 +130,10 @@ def read_config(directory: str | os.PathLike, kind: str | None = None) -> tuple[
             "the checkpoint comes from a newer nav_come: upgrade the package"
         )
     preset = fields.get("preset")
-    if found == "dit" and preset is not None and preset != "custom" and preset not in DIT_PRESETS:
+    presets = PRESETS.get(found)
+    if presets is not None and preset is not None and preset != "custom" and preset not in presets:
         raise CheckpointError(
-            f"{directory / CONFIG}: unknown preset '{preset}' (known: {', '.join(DIT_PRESETS)}); "
+            f"{directory / CONFIG}: unknown preset '{preset}' (known: {', '.join(presets)}); "
             'upgrade nav_come or set "preset": "custom"'
         )
     try:

@@ -1,9 +1,9 @@
-"""Relative poses and actions of a trajectory, in the NWM convention (DESIGN §2).
+"""Relative poses and actions of a trajectory, in the NWM convention (docs/design.md §2).
 
 A pose of frame k seen from frame t is ``(R(-yaw_t) (p_k - p_t) / spacing,
 wrap(yaw_k - yaw_t))``: x forward, y left, in spacing units (metres divided by the
 dataset's ``metric_waypoint_spacing``), yaw in radians. All pose maths comes from
-:mod:`nav_come.geometry`. Inputs are a trajectory's world-frame ``position`` (T, 2)
+:mod:`nav_come.core.geometry`. Inputs are a trajectory's world-frame ``position`` (T, 2)
 in metres and ``yaw`` (T,) in radians.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nav_come.geometry import se2_relative, step_actions, wrap_angle
+from nav_come.core.geometry import se2_relative, step_actions, wrap_angle
 
 
 def poses(position: np.ndarray, yaw: np.ndarray) -> np.ndarray:

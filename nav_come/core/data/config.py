@@ -2,12 +2,12 @@
 
 ``metric_waypoint_spacing`` is metres per step of the dataset at its frame rate
 (4 Hz for all of them). Dividing robot-frame metres by it gives "spacing units",
-the unit of every action, waypoint and ATE/RPE value in this project (DESIGN §2).
-The CEM stats are those of NWM's ``planning_eval.py`` (DESIGN §3): ``action_min`` and
+the unit of every action, waypoint and ATE/RPE value in this project (docs/design.md §2).
+The CEM stats are those of NWM's ``planning_eval.py`` (docs/design.md §3): ``action_min`` and
 ``action_max`` map a step (dx, dy) in spacing units to [-1, 1]; ``cem_init_mean`` and
 ``cem_init_std`` are the initial CEM distribution of (dx, dy, yaw) in that
 normalised space. The simulator's (``nav_come_sim``) are measured the same way on our
-training split (:mod:`nav_come.data.cem_prior`); RECON's would move every candidate about
+training split (:mod:`nav_come.core.data.cem_prior`); RECON's would move every candidate about
 0.9 units per step where our robot averages 0.5.
 """
 
@@ -39,7 +39,7 @@ CEM_INIT: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]
     "sacson": ((-0.33, 0.0, 0.0), (0.03, 0.1, 0.1)),
     "tartan_drive": ((0.5, 0.0, 0.0), (0.07, 0.1, 0.1)),
     "go_stanford": ((-0.1, 0.0, 0.0), (0.02, 0.1, 0.1)),  # NWM ships none: recon's
-    # ours, measured on the training split: python -m nav_come.data.cem_prior --data data/maze
+    # ours, measured on the training split: python -m eval.cem_prior --data data/maze
     "nav_come_sim": ((-0.2, 0.0, 0.0), (0.074, 0.07, 0.213)),
 }
 

@@ -1,7 +1,7 @@
 """Training samples from RECON trajectory folders: context frames, future frames,
 relative poses (the world model's action condition and the GT waypoints) and a goal.
 
-Poses and actions follow :mod:`nav_come.data.actions`: robot frame of the current
+Poses and actions follow :mod:`nav_come.core.data.actions`: robot frame of the current
 frame t, x forward, y left, spacing units, wrapped yaw in radians.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nav_come.data.actions import one_step_actions, relative_poses, revisit_mask
-from nav_come.data.config import data_config
-from nav_come.data.recon import DataFormatError, Trajectory, load_frames, read_split, read_trajectory, split_path
+from nav_come.core.data.actions import one_step_actions, relative_poses, revisit_mask
+from nav_come.core.data.config import data_config
+from nav_come.core.data.recon import DataFormatError, Trajectory, load_frames, read_split, read_trajectory, split_path
 
 
 class TrajectoryDataset(Dataset):
@@ -26,7 +26,7 @@ class TrajectoryDataset(Dataset):
 
     Args:
         data_dir: folder holding one folder per trajectory.
-        split: split name; its names come from :func:`nav_come.data.split_path`.
+        split: split name; its names come from :func:`nav_come.core.data.split_path`.
         split_dir, dataset: the field's split layout ``<split_dir>/<dataset>/<split>``;
             ``dataset`` also picks the waypoint spacing.
         context_size: C, frames t-C+1..t.
@@ -159,7 +159,7 @@ class TrajectoryDataset(Dataset):
         max_yaw: float = math.radians(30),
     ) -> np.ndarray:
         """bool (N,): whether item i's target frame t+1 (or, with ``any_future``, any of
-        t+1..t+K) is a revisit per :func:`nav_come.data.revisit_mask` (metres, radians)."""
+        t+1..t+K) is a revisit per :func:`nav_come.core.data.revisit_mask` (metres, radians)."""
         key = (min_gap, max_dist, max_yaw)
         if key not in self._revisits:
             self._revisits[key] = [revisit_mask(tr.position, tr.yaw, *key) for tr in self.trajectories]

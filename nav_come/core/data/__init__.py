@@ -1,9 +1,9 @@
 """Datasets in the RECON format, their constants, and NWM-convention actions."""
 
-from nav_come.data.actions import gt_waypoints, one_step_actions, poses, relative_poses, revisit_mask
-from nav_come.data.config import METRIC_WAYPOINT_SPACING, DataConfig, data_config
-from nav_come.data.dataset import TrajectoryDataset
-from nav_come.data.recon import (
+from nav_come.core.data.actions import gt_waypoints, one_step_actions, poses, relative_poses, revisit_mask
+from nav_come.core.data.config import METRIC_WAYPOINT_SPACING, DataConfig, data_config
+from nav_come.core.data.dataset import TrajectoryDataset
+from nav_come.core.data.recon import (
     DataFormatError,
     Trajectory,
     load_frames,

@@ -6,7 +6,7 @@ that writes the stage's checkpoint from the EMA weights.
 
 Resume state lives in ``last_dir``::
 
-    last_dir/model/   checkpoint of the raw weights   (nav_come.checkpoint format)
+    last_dir/model/   checkpoint of the raw weights   (nav_come.core.checkpoint format)
     last_dir/ema/     checkpoint of the EMA weights
     last_dir/trainer.pt  {"optimizer", "step", "elapsed_s"}
 
@@ -42,9 +42,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from nav_come.checkpoint import WEIGHTS, CheckpointError, load_weights, save_checkpoint
+from nav_come.core.checkpoint import WEIGHTS, CheckpointError, load_weights, save_checkpoint
+from nav_come.core.io import atomic_directory
 from nav_come.core.precision import add_precision_arg, autocast
-from nav_come.io import atomic_directory
 
 TRAINER_STATE = "trainer.pt"
 

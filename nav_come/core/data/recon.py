@@ -1,4 +1,4 @@
-"""RECON trajectory folders: the on-disk format of GNM/ViNT/NoMaD and NWM (DESIGN §2).
+"""RECON trajectory folders: the on-disk format of GNM/ViNT/NoMaD and NWM (docs/design.md §2).
 
 A trajectory is a folder ``<dataset>/<traj_name>/`` holding ``0.jpg … (T-1).jpg`` (RGB
 frames at 4 Hz) and ``traj_data.pkl``, a dict ``{"position": (T, 2) metres in a world
@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nav_come.io import atomic_directory, atomic_write_text
+from nav_come.core.io import atomic_directory, atomic_write_text
 
 TRAJ_DATA = "traj_data.pkl"
 SPLIT_FILE = "traj_names.txt"
@@ -179,12 +179,12 @@ def _load_pickle(folder: Path) -> dict:
         ref = e.args[0] if e.args[0].isprintable() else ascii(e.args[0])  # keep the message one line
         raise DataFormatError(
             f"{pkl} is not a plain RECON pose pickle: it refers to {ref}, so it was refused and not executed; "
-            "re-create it as a dict of numpy arrays, e.g. with nav_come.data.write_trajectory"
+            "re-create it as a dict of numpy arrays, e.g. with nav_come.core.data.write_trajectory"
         ) from None
     except Exception as e:  # any unpickling failure means the same thing to the user
         raise DataFormatError(
             f"{pkl} is corrupt and cannot be unpickled ({type(e).__name__}: {e}); re-create it with the "
-            "dataset's processing script or nav_come.data.write_trajectory"
+            "dataset's processing script or nav_come.core.data.write_trajectory"
         ) from e
     if not isinstance(data, dict) or not {"position", "yaw"} <= data.keys():
         found = sorted(data.keys()) if isinstance(data, dict) else type(data).__name__

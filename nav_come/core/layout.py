@@ -1,0 +1,89 @@
+"""The one place that knows how a checkpoint folder is laid out, and how to make each part.
+
+A dataset's checkpoints live in one folder, the world model with every expert, policy and
+head beside it (``checkpoints/maze`` is the shipped one)::
+
+    <root>/ae/  <root>/base/           the world model: autoencoder and base expert (nav_come.train)
+    <root>/stm/ <root>/sltm/           trained memory experts (nav_come.train_expert)
+    <root>/ssm/ <root>/full/           the memory baselines (the memory table only)
+    <root>/ltm/                        optional: the LTM's settings (it has no offline weights)
+    <root>/gnm/ <root>/nomad/          the policies (planners.train_policy)
+    <root>/pose/ <root>/collision/     planning heads (planners.pose_distance, planners.collision)
+    <root>/distilled/<k>step/<part>/   networks distilled for k DDIM steps (nav_come.distill)
+
+Every part is a :mod:`nav_come.core.checkpoint` folder (``model.safetensors`` + ``config.json``).
+:meth:`CheckpointLayout.need` returns a part's folder, or raises :class:`MissingCheckpoint`
+with the command that trains it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+AE_DIR, BASE_DIR, LTM_DIR, DISTILLED_DIR = "ae", "base", "ltm", "distilled"
+EXPERTS = ("stm", "sltm", "ssm", "full")  # trained offline; the LTM is trained at test time
+POLICIES = ("gnm", "nomad")
+HEADS = ("pose", "collision")
+LABELS = {"ae": "autoencoder", "base": "world model", "stm": "STM expert", "sltm": "SLTM expert",
+          "ssm": "SSM baseline", "full": "Full baseline", "gnm": "GNM", "nomad": "NoMaD",
+          "pose": "pose head (the pose distance's)", "collision": "collision head"}  # fmt: skip
+
+
+class MissingCheckpoint(RuntimeError):
+    """A part whose checkpoint folder is not there; the message says how to make it."""
+
+
+def train_command(root: str | os.PathLike, part: str, steps: int | None = None,
+                  distilled: str | os.PathLike | None = None) -> str:  # fmt: skip
+    """The command that writes ``part`` into ``root`` (DATA: the dataset folder); with ``steps``,
+    its version distilled for that many DDIM steps into ``distilled`` (default ``root/distilled``)."""
+    root = Path(root)
+    if steps is not None:
+        out = Path(distilled) if distilled is not None else root / DISTILLED_DIR
+        return f"python -m nav_come.distill --expert {part} --ckpt {root} --data DATA --out {out}"
+    if part in (AE_DIR, BASE_DIR):
+        return f"python -m nav_come.train --data DATA --out {root}"
+    if part in EXPERTS:
+        return f"python -m nav_come.train_expert --expert {part} --base {root} --data DATA --out {root}"
+    if part in POLICIES:
+        return f"python -m planners.train_policy --policy {part} --data DATA --out {root / part}"
+    if part == "pose":
+        return f"python -m planners.pose_distance --data DATA --ckpt {root} --out {root / part}"
+    if part == "collision":
+        return f"python -m planners.collision --data DATA --ckpt {root} --out {root / part}"
+    raise ValueError(f"unknown checkpoint part {part!r}")
+
+
+class CheckpointLayout:
+    """The parts of one checkpoint folder; see the module docstring. ``distilled``: the folder of
+    the distilled networks when not ``root/distilled``."""
+
+    def __init__(self, root: str | os.PathLike, distilled: str | os.PathLike | None = None):
+        self.root = Path(root)
+        self.distilled_root = Path(distilled) if distilled is not None else self.root / DISTILLED_DIR
+
+    def __repr__(self) -> str:
+        return f"CheckpointLayout({str(self.root)!r})"
+
+    def folder(self, part: str, steps: int | None = None) -> Path:
+        """Where ``part`` lives (``steps``: its version distilled for that many DDIM steps)."""
+        if steps is not None:
+            return self.distilled(steps) / part
+        return self.root / part
+
+    def distilled(self, steps: int) -> Path:
+        """The folder of the networks distilled for ``steps`` DDIM steps."""
+        return self.distilled_root / f"{steps}step"
+
+    def has(self, part: str, steps: int | None = None) -> bool:
+        return self.folder(part, steps).is_dir()
+
+    def need(self, part: str, what: str | None = None, steps: int | None = None) -> Path:
+        """``part``'s folder; MissingCheckpoint naming it (``what``, default its label) and the fix when missing."""
+        folder = self.folder(part, steps)
+        if not folder.is_dir():
+            what = what or (f"{steps}-step distilled {part}" if steps is not None else LABELS.get(part, part))
+            raise MissingCheckpoint(f"{what} checkpoint {folder} is missing; train it with "
+                                    f"`{train_command(self.root, part, steps, self.distilled_root)}`")  # fmt: skip
+        return folder

@@ -1,0 +1,192 @@
+"""What a navigation method is, and what a planner is built with.
+
+:data:`REGISTRY` lists every method once (its command-line key, its table label, its kind and
+the memory experts it composes); every CLI reads it. :class:`PlanConfig` holds everything a
+planner is built with besides its checkpoints, and :func:`add_plan_args` /
+:func:`plan_config_from_args` give the CLIs one shared argument group generated from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from nav_come.core.data.config import DataConfig
+from nav_come.core.precision import PRECISIONS
+from planners import cem
+from planners.cost import DISTANCES
+
+RANKED_SAMPLES = 32  # NoMaD trajectories the world model ranks per plan (nomad+nwm, nomad+come)
+DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}  # about 2 for memory experts (docs/design.md)
+# With ONE sampler step the contrastive term has no later step to correct its extrapolation: on the
+# validation worlds (README, "Memory experts") alpha 2 put +STM, +SLTM and CoME 5-6 dB BELOW the base
+# at 1 DDIM step, alpha 1 put every composition above it. ``default_alphas`` picks by the step count.
+ONE_STEP_ALPHA = 1.0
+# Composed coefficients scaled to sum to 1 (a geometric mixture). Chosen on the validation worlds
+# (README, "Memory experts"): the plain sum of four experts' scores at 5 DDIM steps fell 4.6 dB
+# below the base, the normalised one rose 0.6 dB above it.
+DEFAULT_NORMALISE = True
+# The world model's sampler steps per prediction when a caller names none. Chosen on the validation
+# worlds (README, "Planning cost"): NWM's ATE did not improve with more DDIM steps (1.383 at 1 step,
+# 1.353 at 2, 20 samples), prediction PSNR is highest at 1, and a plan's time grows with the steps.
+DEFAULT_SAMPLER_STEPS = 1
+
+
+@dataclass(frozen=True)
+class Method:
+    """One navigation method. key: its name on the command line (``plan.py --method``); label: its
+    row in the tables (``eval/ate_rpe.py --methods``); kind: "cem" (a world model searched with
+    CEM), "policy" or "ranking" (the world model ranks a policy's samples); experts: the memory
+    experts composed with the base; table: a default row of ``eval/ate_rpe.py``."""
+
+    key: str
+    label: str
+    kind: str
+    experts: tuple[str, ...] = ()
+    table: bool = True
+
+
+REGISTRY = {m.key: m for m in (
+    Method("gnm", "GNM", "policy"),
+    Method("nomad", "NoMaD", "policy"),
+    Method("nwm", "NWM", "cem"),
+    Method("come", "CoME", "cem", ("stm", "ltm", "sltm")),
+    Method("nwm+stm", "NWM+STM", "cem", ("stm",)),
+    Method("nwm+ltm", "NWM+LTM", "cem", ("ltm",)),
+    Method("nomad+nwm", "NoMaD+NWM", "ranking", table=False),
+    Method("nomad+come", "NoMaD+CoME", "ranking", ("stm", "ltm", "sltm"), table=False),
+)}  # fmt: skip
+METHODS = tuple(REGISTRY)
+BY_LABEL = {m.label: m for m in REGISTRY.values()}
+TABLE = [m.label for m in REGISTRY.values() if m.table]  # the default rows of eval/ate_rpe.py
+CEM_LABELS = [m.label for m in REGISTRY.values() if m.kind == "cem"]  # what eval.bench plan times
+MEMORY_METHODS = {m.key: m.experts for m in REGISTRY.values() if m.kind == "cem" and m.experts}
+LABELS = {m.key: m.label for m in REGISTRY.values()}
+
+
+def method(name: str) -> Method:
+    """The method of a key ("come") or a label ("CoME"); ValueError lists the known ones."""
+    found = REGISTRY.get(name.lower()) or BY_LABEL.get(name)
+    if found is None:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)} "
+                         f"(or a table label: {', '.join(BY_LABEL)})")  # fmt: skip
+    return found
+
+
+def _flag(default, flag: str, help: str, **kwargs):
+    """A :class:`PlanConfig` field that :func:`add_plan_args` turns into the command-line flag ``flag``."""
+    return field(default=default, metadata={"flag": flag, "help": help, **kwargs})
+
+
+@dataclass
+class PlanConfig:
+    """Everything a planner is built with besides its checkpoints (:func:`load_method`).
+
+    cem_config: the CEM search (None: NWM's protocol with the simulator's prior); distance: the
+    goal distance (:data:`planners.cost.DISTANCES`); sampler_steps: DDIM steps per prediction;
+    rollouts: stochastic rollouts averaged per candidate; lpips_weights: TorchScript LPIPS for
+    the ``lpips`` distance; spacing: metres per spacing unit of the observed poses (None: the
+    experts' training data, else the simulator's); alphas: {expert: alpha} of a memory method
+    over ``default_alphas(sampler_steps)`` (0 leaves an expert out); distilled: a folder of
+    networks distilled for ``sampler_steps`` (:mod:`nav_come.distill`) that replace the base and
+    the experts; length_weight, collision_weight: the cost's penalties (:mod:`planners.cost`; a
+    collision weight above 0 needs ``CKPT/collision``); precision: auto | fp32 | bf16.
+    Policies ignore all of it.
+    """
+
+    cem_config: cem.CEMConfig | None = None
+    distance: str = _flag("auto", "--distance", f"goal distance: {' | '.join(DISTANCES)}")
+    sampler_steps: int = _flag(DEFAULT_SAMPLER_STEPS, "--steps",
+                               f"sampler steps per prediction (default {DEFAULT_SAMPLER_STEPS}; with --distilled: "
+                               "the fewest distilled)", type=int)  # fmt: skip
+    rollouts: int = _flag(3, "--rollouts", "stochastic rollouts averaged per candidate", type=int)
+    lpips_weights: str | None = _flag(None, "--lpips-weights", "TorchScript LPIPS module; without it LPIPS is not used")
+    spacing: float | None = None
+    alphas: dict[str, float] | None = None
+    distilled: str | Path | None = _flag(None, "--distilled", "plan with the networks distilled for --steps in this "
+                                         "folder (nav_come.distill)", type=Path)  # fmt: skip
+    length_weight: float = _flag(0.0, "--length-weight", "CEM cost per spacing unit of path", type=float)
+    collision_weight: float = _flag(0.0, "--collision-weight", "CEM cost per metre of collision risk (needs "
+                                    "CKPT/collision, planners.collision)", type=float)  # fmt: skip
+    precision: str = _flag("auto", "--precision", "bf16 autocast or fp32; auto: bf16 only where the CPU/GPU runs it "
+                           "natively (AVX-512-BF16, AMX, Arm BF16, CUDA)", choices=PRECISIONS)  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"unknown goal distance {self.distance!r}; choose one of {', '.join(DISTANCES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.sampler_steps < 1 or self.rollouts < 1:
+            raise ValueError(f"sampler steps and rollouts must be >= 1, got {self.sampler_steps} and {self.rollouts}")
+        if not (self.length_weight >= 0 and self.collision_weight >= 0):  # also refuses NaN
+            raise ValueError(f"penalty weights must be >= 0, got length {self.length_weight}, "
+                             f"collision {self.collision_weight}")  # fmt: skip
+        if self.spacing is not None and not self.spacing > 0:
+            raise ValueError(f"spacing must be > 0 metres per step, got {self.spacing}")
+        unknown = set(self.alphas or {}) - set(DEFAULT_ALPHAS)
+        if unknown:
+            raise ValueError(f"alphas for unknown experts {sorted(unknown)}; the experts: {', '.join(DEFAULT_ALPHAS)}")
+
+    def resolved_alphas(self) -> dict[str, float]:
+        """Every expert's alpha: the step count's defaults under the given ones."""
+        return {**default_alphas(self.sampler_steps), **(self.alphas or {})}
+
+
+
+
+def parse_alphas(items: list[str]) -> dict[str, float]:
+    """["stm=2", "ltm=1.5"] -> {"stm": 2.0, "ltm": 1.5}; ValueError names the bad item."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in DEFAULT_ALPHAS or not value:
+            raise ValueError(f"--alpha takes EXPERT=VALUE with EXPERT in {' '.join(DEFAULT_ALPHAS)}, got {item!r}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--alpha {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def default_alphas(sampler_steps: int) -> dict[str, float]:
+    """The experts' coefficients (base 1) for a sampler with this many steps: ``DEFAULT_ALPHAS``,
+    or ``ONE_STEP_ALPHA`` for every memory expert with a one-step sampler."""
+    if sampler_steps > 1:
+        return dict(DEFAULT_ALPHAS)
+    return {n: 1.0 if n == "base" else ONE_STEP_ALPHA for n in DEFAULT_ALPHAS}
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """The planning flags every CLI shares, generated from :class:`PlanConfig`'s fields, plus the
+    CEM search (--candidates, --top-k, --iterations) and --alpha; :func:`plan_config_from_args`
+    reads them back."""
+    g = p.add_argument_group("planning")
+    g.add_argument("--candidates", type=int, default=cem.CEMConfig.n_candidates, help="CEM candidates")
+    g.add_argument("--top-k", type=int, default=cem.CEMConfig.top_k, help="CEM elites")
+    g.add_argument("--iterations", type=int, default=cem.CEMConfig.iterations, help="CEM iterations")
+    g.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
+                   help="memory methods: an expert's coefficient (base 1); 0 leaves the expert out")  # fmt: skip
+    for f in fields(PlanConfig):
+        if "flag" in f.metadata:
+            extra = {k: v for k, v in f.metadata.items() if k not in ("flag", "help")}
+            default = None if f.name == "sampler_steps" else f.default  # resolved with --distilled
+            g.add_argument(f.metadata["flag"], dest=f.name, default=default, help=f.metadata["help"], **extra)
+
+
+def plan_config_from_args(args: argparse.Namespace, data: DataConfig, spacing: float | None = None) -> PlanConfig:
+    """The :class:`PlanConfig` of :func:`add_plan_args`' flags, CEM on ``data``'s prior. Raises
+    ValueError with one line for a bad value."""
+    from nav_come.distill import resolve_steps
+
+    if min(args.candidates, args.top_k, args.iterations) < 1 or args.top_k > args.candidates:
+        raise ValueError(f"--candidates, --top-k and --iterations must be >= 1 and --top-k <= --candidates, got "
+                         f"{args.candidates}, {args.top_k}, {args.iterations}")  # fmt: skip
+    if args.sampler_steps is not None and args.sampler_steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.sampler_steps}")
+    steps = resolve_steps(args.distilled, args.sampler_steps) if args.distilled else args.sampler_steps
+    cem_config = cem.CEMConfig.for_dataset(data, n_candidates=args.candidates, top_k=args.top_k,
+                                           iterations=args.iterations)  # fmt: skip
+    settings = {f.name: getattr(args, f.name) for f in fields(PlanConfig) if "flag" in f.metadata}
+    return PlanConfig(**{**settings, "sampler_steps": steps or DEFAULT_SAMPLER_STEPS, "cem_config": cem_config,
+                         "alphas": parse_alphas(args.alpha), "spacing": spacing})  # fmt: skip
