@@ -41,33 +41,38 @@ trajectory was driven in (the collision penalty, ``--collision-weight``, is mean
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from eval import distributed  # noqa: E402
-from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.core.data import DataFormatError, data_config, gt_waypoints, load_frames, poses, read_split, split_path  # noqa: E402
-from nav_come.core.data.recon import read_trajectory  # noqa: E402
-from nav_come.core.geometry import se2_compose  # noqa: E402
-from nav_come.core.io import atomic_write_text  # noqa: E402
-from nav_come.core.metrics import ate, rpe  # noqa: E402
-from nav_come.core.precision import resolve  # noqa: E402
-from nav_come.core.train_loop import Distributed  # noqa: E402
-from planners.config import BY_LABEL, TABLE, add_plan_args, plan_config_from_args  # noqa: E402
-from planners.methods import MethodUnavailable, load_method  # noqa: E402
+from eval import distributed
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from nav_come.core.data import DataFormatError, dataset_config, gt_waypoints, load_frames, poses, read_split, split_path
+from nav_come.core.data.recon import read_trajectory
+from nav_come.core.geometry import se2_compose
+from nav_come.core.io import atomic_write_text
+from nav_come.core.metrics import ate, rpe
+from nav_come.core.precision import resolve
+from nav_come.core.train_loop import Distributed
+from planners.config import BY_LABEL, REGISTRY, TABLE, add_plan_args, plan_config_from_args
+from planners.methods import MethodUnavailable, load_method
 
 METHOD_NAMES = {label: m.key for label, m in BY_LABEL.items()}  # the table's rows (planners.methods.REGISTRY)
+
+
+def table_labels(names: list[str]) -> list[str]:
+    """Methods named by table label or command-line key -> their table labels; ValueError lists the known ones."""
+    unknown = [m for m in names if m not in METHOD_NAMES and m.lower() not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_NAMES)} (or their keys: "
+                         f"{' '.join(REGISTRY)})")  # fmt: skip
+    return [m if m in METHOD_NAMES else REGISTRY[m.lower()].label for m in names]
 CONTEXT, GOAL = 4, 8
 
 
@@ -189,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--split-dir", type=Path)
     p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
+    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
+                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
     p.add_argument("--n-samples", type=int, help="evaluate only this many samples")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")
@@ -245,13 +252,11 @@ def run(args, dist: Distributed | None = None) -> dict | None:
 
     dist: this process's place under torchrun (:func:`eval.distributed.init`); None: one process on ``args.device``.
     """
-    unknown = [m for m in args.methods if m not in METHOD_NAMES]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {' '.join(METHOD_NAMES)}")
+    args.methods = table_labels(args.methods)
     if args.history < 1:
         raise ValueError(f"--history must be >= 1 frame, got {args.history}")
     device, is_main = (str(dist.device), dist.is_main) if dist is not None else (args.device, True)
-    cfg = data_config(args.dataset or args.data)
+    cfg = dataset_config(args.data, args.dataset, args.spacing)
     sp = cfg.metric_waypoint_spacing
     config = plan_config_from_args(args, cfg, spacing=sp)  # the flags, checked before any data is read
     samples_idx = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)
@@ -282,6 +287,10 @@ def run(args, dist: Distributed | None = None) -> dict | None:
         protocol["alphas"] = {m: dict(planners[m].denoiser.alphas) for m in memory}  # each composition, as run
     if args.distilled:
         protocol["distilled"] = str(args.distilled)
+    if config.search == "seeded":  # only when on: a paper-protocol run matches older ones
+        protocol["search"] = {"search": "seeded", "proposals_nomad": config.proposals_nomad,
+                              "proposals_gnm": config.proposals_gnm, "prior_draws": config.prior_draws,
+                              "refine": config.refine, "iterations": config.seeded_iterations}  # fmt: skip
     for key in ("length_weight", "collision_weight"):  # only when on: a run without them matches older ones
         if getattr(args, key):
             protocol[key] = getattr(args, key)

@@ -5,6 +5,8 @@
     python -m eval.bench memory [--ckpt DIR]     # memory cost vs stored frames, LTM, composition overhead
     python -m eval.bench plan [--json PATH] [--quick] [--ckpt DIR] [--methods NWM CoME ...]
                               [--steps 1 2 4 8 16] [--plans N] [--threads N] [--device cpu|cuda]
+                              [--precision fp32 bf16]
+    python -m eval.bench precision [--precision auto fp32 bf16] [--repeats 3]   # one plan per precision, interleaved
 
 ``plan`` times one CEM plan of each CEM method (NWM, CoME, NWM+STM, NWM+LTM) under the NWM
 preset (120 candidates × 3 rollouts × 8 steps) for each sampler step count: the median wall
@@ -39,7 +41,7 @@ import numpy as np
 
 from nav_come.core.io import atomic_write_text
 from nav_come.core.precision import PRECISIONS
-from planners.methods import CEM_LABELS
+from planners.methods import CEM_LABELS, TABLE
 
 
 def machine() -> str:
@@ -279,7 +281,7 @@ def format_memory(out: dict) -> str:
 # ---------------------------------------------------------------------- planning
 
 PLAN_STEPS = (1, 2, 4, 8, 16)  # sampler steps per prediction, one row each
-PLAN_METHODS = tuple(CEM_LABELS)  # NWM, CoME, NWM+STM, NWM+LTM
+PLAN_METHODS = tuple(m for m in CEM_LABELS if m in TABLE)  # NWM, CoME, NWM+STM, NWM+LTM: the default rows
 DISTILLED_STEPS = (1, 2)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -527,19 +529,46 @@ def format_plan_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bench_precision(ckpt, precisions=("auto", "fp32", "bf16"), repeats: int = 3, method: str = "nwm",
+                    log=print) -> dict:  # fmt: skip
+    """Seconds of one plan of ``method`` on the example episode at each precision, the precisions
+    interleaved ``repeats`` times in this one process (so "auto" and the setting it picks run the
+    same code under the same conditions), with the median per precision."""
+    import torch
+
+    from planners.methods import load_method
+
+    planners = {p: load_method(method, ckpt, precision=p) for p in dict.fromkeys(precisions)}
+    first = next(iter(planners.values()))
+    episode = example_episode(first.image_size, first.context_frames)
+    seconds: dict[str, list[float]] = {p: [] for p in planners}
+    for planner in planners.values():  # warm-up
+        planner(episode["context"], episode["goal"], torch.Generator().manual_seed(0))
+    for rep in range(repeats):
+        for p, planner in planners.items():
+            start = time.perf_counter()
+            planner(episode["context"], episode["goal"], torch.Generator().manual_seed(0))
+            seconds[p].append(round(time.perf_counter() - start, 3))
+            log(f"  {method} {p} ({planner.precision}) run {rep + 1}: {seconds[p][-1]:.2f} s")
+    rows = [{"precision": p, "runs_as": planners[p].precision, "s_per_plan": float(np.median(s)), "seconds": s}
+            for p, s in seconds.items()]  # fmt: skip
+    return {"machine": machine(), "threads": torch.get_num_threads(), **precision_report("cpu"), "method": method,
+            "repeats": repeats, "episode": episode["source"], "rows": rows}  # fmt: skip
+
+
 def _plan_main(args) -> dict:
     from planners.methods import DEFAULT_SAMPLER_STEPS
 
-    unknown = [m for m in args.methods if m not in PLAN_METHODS]
+    unknown = [m for m in args.methods if m not in CEM_LABELS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {' '.join(PLAN_METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(CEM_LABELS)}")
     steps = args.steps or ([DEFAULT_SAMPLER_STEPS] if args.quick else list(PLAN_STEPS))
     plans = args.plans or (1 if args.quick else 3)
     if plans < 1 or min(steps) < 1:
         raise ValueError(f"--plans and --steps must be >= 1, got {plans} and {steps}")
     out = bench_plan(args.ckpt, args.methods, steps, plans, args.device, args.candidates, args.rollouts,
                      args.unbatched, log=lambda msg: print(msg, file=sys.stderr, flush=True),
-                     precisions=precisions(args.precision, args.device))  # fmt: skip
+                     precisions=precisions(args.precision or BENCH_PRECISIONS, args.device))  # fmt: skip
     proto = out["protocol"]
     print(f"plan: device {out['device']}, torch threads {out['threads']}; {proto['candidates']} candidates × "
           f"{proto['rollouts']} rollouts × {proto['horizon']} steps, {proto['iterations']} CEM iteration(s), "
@@ -558,7 +587,7 @@ def _plan_main(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="nav_come benchmarks")
-    p.add_argument("what", choices=["render", "model", "memory", "plan"])
+    p.add_argument("what", choices=["render", "model", "memory", "plan", "precision"])
     p.add_argument("--json", help="write the rows here too")
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--ckpt", default="checkpoints/maze", help="checkpoint folder for `model` and `plan`")
@@ -568,8 +597,10 @@ def main(argv=None) -> int:
     p.add_argument("--plans", type=int, help="plan: plans timed per row (default 3; --quick 1)")
     p.add_argument("--quick", action="store_true", help="plan: default step count only, one plan per row")
     p.add_argument("--device", default="cpu", help="plan: cpu | cuda")
-    p.add_argument("--precision", nargs="+", default=list(BENCH_PRECISIONS), choices=PRECISIONS,
-                   help="model, plan: precisions side by side (auto: what plan.py would pick here)")  # fmt: skip
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS,
+                   help="model, plan: precisions side by side (default fp32 bf16; auto: what plan.py would pick "
+                        "here); precision: those interleaved (default auto fp32 bf16)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=3, help="precision: plans per precision")
     p.add_argument("--candidates", type=int, default=120, help="plan: CEM candidates (NWM preset 120)")
     p.add_argument("--rollouts", type=int, default=3, help="plan: rollouts per candidate (NWM preset 3)")
     p.add_argument("--unbatched", action="store_true",
@@ -593,6 +624,15 @@ def main(argv=None) -> int:
         if args.json:
             atomic_write_text(args.json, json.dumps(out, indent=2))
         return 0
+    if args.what == "precision":
+        out = bench_precision(args.ckpt, args.precision or ("auto", "fp32", "bf16"), args.repeats,
+                              log=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
+        print(f"{'precision':<10} {'runs as':<8} {'s/plan (median)':>16}   runs")
+        for r in out["rows"]:
+            print(f"{r['precision']:<10} {r['runs_as']:<8} {r['s_per_plan']:>16.2f}   {r['seconds']}")
+        if args.json:
+            atomic_write_text(args.json, json.dumps(out, indent=2))
+        return 0
     if args.what == "memory":
         out = {"machine": machine(), "threads": args.threads, **bench_memory(args.ckpt)}
         print(format_memory(out))
@@ -608,7 +648,7 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"{r['world']:<8} {r['image_size']:>5} {r['fps']:>9.1f}")
     else:
-        rows = bench_model(args.ckpt, precisions=precisions(args.precision, "cpu"))
+        rows = bench_model(args.ckpt, precisions=precisions(args.precision or BENCH_PRECISIONS, "cpu"))
         print(f"{'precision':<9} {'train s/step (B=32)':>20} {'predict frames/s (B=120)':>25}")
         for r in rows:
             print(f"{r['precision']:<9} {r['train_s_per_step']:>20.3f} {r['predict_frames_per_s']:>25.1f}")

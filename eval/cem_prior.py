@@ -23,11 +23,12 @@ import numpy as np
 
 from nav_come.core.data.actions import gt_waypoints
 from nav_come.core.data.cem_prior import HORIZON, cem_prior
-from nav_come.core.data.config import data_config
+from nav_come.core.data.config import dataset_config
 from nav_come.core.data.recon import DataFormatError, read_trajectory, split_path
 
 
-def check(data: Path, split: str, mean, std, n_candidates: int = 120, seed: int = 0, split_dir=None, dataset=None):
+def check(data: Path, split: str, mean, std, n_candidates: int = 120, seed: int = 0, split_dir=None, dataset=None,
+          spacing: float | None = None):
     """(mean-plan ATE, mean-plan RPE, best-of-N ATE, samples) of a prior on the split's
     navigation_eval samples (see the module docstring), in spacing units."""
     import json
@@ -38,7 +39,7 @@ def check(data: Path, split: str, mean, std, n_candidates: int = 120, seed: int 
     from planners import cem
 
     cfg = cem.CEMConfig(init_mean=tuple(mean), init_std=tuple(std), n_candidates=n_candidates)
-    spacing = data_config(dataset or data).metric_waypoint_spacing
+    spacing = dataset_config(data, dataset, spacing).metric_waypoint_spacing
     index = split_path(data, split, split_dir, dataset).parent / "navigation_eval.json"
     samples = json.loads(index.read_text())
     g = torch.Generator().manual_seed(seed)
@@ -60,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train", help="split measured (default train)")
     p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
     p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
+    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
+                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
     p.add_argument("--check", metavar="SPLIT", help="score the prior on this split's navigation_eval samples (val)")
     args = p.parse_args(argv)
     try:
-        mean, std, n = cem_prior(args.data, args.split, args.split_dir, args.dataset)
+        mean, std, n = cem_prior(args.data, args.split, args.split_dir, args.dataset, args.spacing)
     except (DataFormatError, ValueError, FileNotFoundError) as e:
         print(f"cem_prior: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\nno model, {args.check} split (spacing units){'mean plan ATE':>16} {'RPE':>6} {'best of 120 ATE':>16}")
         for name, (m, s) in (("measured prior", (mean, std)), ("RECON's prior", CEM_INIT["recon"])):
-            a, r, best, n = check(args.data, args.check, m, s, split_dir=args.split_dir, dataset=args.dataset)
+            a, r, best, n = check(args.data, args.check, m, s, split_dir=args.split_dir, dataset=args.dataset,
+                                  spacing=args.spacing)
             print(f"{name:<42}{a:>14.3f} {r:>6.3f} {best:>16.3f}   ({n} samples, seed 0)")
     return 0
 

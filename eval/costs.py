@@ -28,34 +28,30 @@ validation worlds, never on the test split.
 
 from __future__ import annotations
 
+import argparse
+import functools
+import json
 import sys
+import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from eval.ate_rpe import load_sample, load_samples  # noqa: E402
-from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.core.data import DataFormatError, data_config, poses, read_trajectory  # noqa: E402
-from nav_come.core.geometry import se2_compose, waypoints_from_actions, wrap_angle  # noqa: E402
-from nav_come.core.io import atomic_write_text  # noqa: E402
-from nav_come.core.metrics import ate, rpe  # noqa: E402
-from nav_come.core.precision import add_precision_arg, resolve, use_bf16  # noqa: E402
-from nav_come.distill import distilled_steps, distilled_world_model  # noqa: E402
-from nav_come.world_model import WorldModel  # noqa: E402
-from planners import cem  # noqa: E402
-from planners.cost import DISTANCES, LEARNED, GoalDistance, candidate_motions  # noqa: E402
-from planners.methods import load_distance  # noqa: E402
+from eval.ate_rpe import load_sample, load_samples
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from nav_come.core.data import DataFormatError, dataset_config, poses, read_trajectory
+from nav_come.core.geometry import se2_compose, waypoints_from_actions, wrap_angle
+from nav_come.core.io import atomic_write_text
+from nav_come.core.metrics import ate, rpe
+from nav_come.core.precision import add_precision_arg, resolve, use_bf16
+from nav_come.distill import distilled_steps, distilled_world_model
+from nav_come.world_model import WorldModel
+from planners import cem
+from planners.cost import DISTANCES, LEARNED, GoalDistance, candidate_motions
+from planners.methods import load_distance
 
 OFFLINE = [d for d in DISTANCES if d not in ("auto", "lpips", *LEARNED)]
 
@@ -134,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="val (the default; choose settings here) or test")
     p.add_argument("--split-dir", type=Path)
     p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
+    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
+                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
     p.add_argument("--n-samples", type=int, default=40)
     p.add_argument("--steps", type=int, nargs="+", default=[1], help="the world model's sampler steps (one run each)")
     p.add_argument("--distilled", type=Path, help="also run the base distilled for each step count in this folder")
@@ -219,7 +217,7 @@ def simulator(world: tuple[str, int], size: int):
 
 
 def run(args) -> dict:
-    cfg = data_config(args.dataset or args.data)
+    cfg = dataset_config(args.data, args.dataset, args.spacing)
     sp = cfg.metric_waypoint_spacing
     cem_cfg = cem.CEMConfig.for_dataset(cfg, n_candidates=args.candidates, top_k=args.top_k)
     samples = load_samples(args.data, args.split, args.split_dir, args.dataset, args.n_samples)

@@ -26,30 +26,26 @@ after the slices are done only gathers them into the table.
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import envs  # noqa: E402, F401  (registers the env)
-from eval.ate_rpe import METHOD_NAMES, check_resume  # noqa: E402
-from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.core.data import data_config  # noqa: E402
-from nav_come.core.io import atomic_write_text  # noqa: E402
-from nav_come.core.precision import resolve  # noqa: E402
-from planners.config import add_plan_args, plan_config_from_args  # noqa: E402
-from planners.methods import MethodUnavailable, load_method  # noqa: E402
-from planners.mpc import MPC, TrackingController  # noqa: E402
+import envs  # noqa: F401  (registers the env)
+from eval.ate_rpe import METHOD_NAMES, check_resume, table_labels
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from nav_come.core.data import data_config
+from nav_come.core.io import atomic_write_text
+from nav_come.core.precision import resolve
+from planners.config import add_plan_args, plan_config_from_args
+from planners.methods import MethodUnavailable, load_method
+from planners.mpc import MPC, TrackingController
 
 
 def revisit_drive(env, start: np.ndarray, goal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,11 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    unknown = [m for m in args.methods if m not in METHOD_NAMES]
-    if unknown:
-        print(f"error: unknown method(s) {unknown}; choose from {' '.join(METHOD_NAMES)}", file=sys.stderr)
-        return 2
     try:
+        args.methods = table_labels(args.methods)
         config = plan_config_from_args(args, data_config("nav_come_sim"))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -51,29 +51,25 @@ Full and copy_nearest, one row per method per context length L.
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from eval import distributed, memory_table  # noqa: E402
-from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError  # noqa: E402
-from nav_come.core.data import DataFormatError, TrajectoryDataset, data_config  # noqa: E402
-from nav_come.core.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from nav_come.core.metrics import lpips, lpips_available, psnr, ssim  # noqa: E402
-from nav_come.core.precision import add_precision_arg, resolve, use_bf16  # noqa: E402
-from nav_come.core.train_loop import Distributed  # noqa: E402
-from nav_come.distill import distilled_dir, distilled_world_model, resolve_steps  # noqa: E402
-from nav_come.world_model import WorldModel  # noqa: E402
-from planners.methods import DEFAULT_NORMALISE, default_alphas, parse_alphas  # noqa: E402
+from eval import distributed, memory_table
+from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from nav_come.core.data import DataFormatError, TrajectoryDataset, dataset_config
+from nav_come.core.io import atomic_write_bytes, atomic_write_text
+from nav_come.core.metrics import lpips, lpips_available, psnr, ssim
+from nav_come.core.precision import add_precision_arg, resolve, use_bf16
+from nav_come.core.train_loop import Distributed
+from nav_come.distill import distilled_dir, distilled_world_model, resolve_steps
+from nav_come.world_model import WorldModel
+from planners.methods import DEFAULT_NORMALISE, default_alphas, parse_alphas
 
 HORIZONS = (1, 2, 4, 8)
 MEMORY_DATA = SHIPPED_CHECKPOINT.parents[1] / "data" / "maze"  # --memory without --data
@@ -114,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test (reported) or val (choosing settings such as alpha and steps)")  # fmt: skip
     p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/test")
     p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
+    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
+                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: cuda:LOCAL_RANK, ranks share GPUs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     add_precision_arg(p)
@@ -295,7 +293,7 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
         if min(args.context) < model.context:
             raise ValueError(f"--context values must be >= {model.context} (the model's context), got {args.context}")
         samples = memory_table.load_samples(data, args.split_dir, args.dataset, args.n_seq, args.split)
-        spacing = data_config(args.dataset or data).metric_waypoint_spacing
+        spacing = dataset_config(data, args.dataset, args.spacing).metric_waypoint_spacing
         denoisers, skipped, ltm = memory_table.build(model, experts_dir, alphas, args.normalise, dist.device, args.rows)
     except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
         return _fail(str(e))

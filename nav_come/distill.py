@@ -53,7 +53,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nav_come.core.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
-from nav_come.core.data import data_config
+from nav_come.core.data import dataset_config
 from nav_come.core.io import atomic_write_text
 from nav_come.core.precision import autocast, bf16_flag, resolve
 from nav_come.core.train_loop import (
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
     @functools.cache  # every round reads the same windows
     def data(context: int, max_shift: int) -> dict:
-        spacing = data_config(args.dataset or args.data).metric_waypoint_spacing
+        spacing = dataset_config(args.data, args.dataset, args.spacing).metric_waypoint_spacing
         return load_training_data(args, dist, context, max_shift, spacing)
 
     pairs = zip(args.rounds[:-1], args.rounds[1:], strict=True)

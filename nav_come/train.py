@@ -35,7 +35,7 @@ import torch
 
 from nav_come.autoencoder import AEConfig, Autoencoder
 from nav_come.core.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
-from nav_come.core.data import data_config, load_frames, read_split, read_trajectory, split_path
+from nav_come.core.data import dataset_config, load_frames, read_split, read_trajectory, split_path
 from nav_come.core.precision import autocast, bf16_flag, resolve
 from nav_come.core.train_loop import (
     Distributed,
@@ -195,7 +195,8 @@ def prepare_dit(args: argparse.Namespace, dist: Distributed) -> functools.partia
     ae_dir = args.ae or args.out / AE_DIR
     ae, _ = load_checkpoint(ae_dir, "ae", dist.device)
     ae.requires_grad_(False).eval()
-    key, spacing = checkpoint_hash(ae_dir), data_config(args.dataset or args.data).metric_waypoint_spacing
+    key = checkpoint_hash(ae_dir)
+    spacing = dataset_config(args.data, args.dataset, args.spacing).metric_waypoint_spacing
     shape = dict(latent_channels=ae.config.latent_channels, latent_size=ae.config.latent_size)
     config = _resume(last, "dit")[0] or dit_config(args.preset, context=args.context, max_shift=args.max_shift, **shape)
     if (config.latent_channels, config.latent_size) != tuple(shape.values()):

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from nav_come.core.checkpoint import checkpoint_hash, load_checkpoint, read_config
-from nav_come.core.data import data_config, read_split, split_path
+from nav_come.core.data import dataset_config, read_split, split_path
 from nav_come.core.precision import autocast, bf16_flag, resolve
 from nav_come.core.train_loop import (
     Distributed,
@@ -166,7 +166,7 @@ def _metadata(args: argparse.Namespace, dist: Distributed, base_meta: dict, extr
 def prepare(args: argparse.Namespace, dist: Distributed):
     """Everything the run needs; returns the ``fit`` call to make."""
     base, base_meta = load_checkpoint(args.base / BASE_DIR, "dit", "cpu")
-    spacing = data_config(args.dataset or args.data).metric_waypoint_spacing
+    spacing = dataset_config(args.data, args.dataset, args.spacing).metric_waypoint_spacing
     last = args.out / "last" / args.expert
     torch.manual_seed(args.seed)
     expert = _expert(args, base, last)

@@ -12,6 +12,9 @@ the elites' standard deviation.
 
 The ``per_step`` parameterisation optimises one ``(dx, dy, dyaw)`` per step
 (normalised the same way, yaw by π) as a richer option.
+
+:func:`seeded_plan` is the proposal-seeded variant: the first population mixes a policy's
+proposals with draws from the same prior, later iterations refine the elites per step.
 """
 
 from __future__ import annotations
@@ -147,3 +150,84 @@ def plan(
         std = (best.std(0, unbiased=False) if cfg.top_k > 1 else std).clamp_min(cfg.min_std)
     deltas = decode(mean[None], cfg)[0]  # (H, 3)
     return CEMResult(waypoints_from_actions(deltas), deltas, mean, std, float(elite_costs[0]), elite_costs)
+
+
+# ---------------------------------------------------------------------- proposal-seeded CEM
+
+
+@dataclass
+class SeededConfig:
+    """Proposal-seeded CEM: the first population is a policy's proposals plus ``n_prior`` draws
+    from the NWM prior (``prior``); each later iteration samples ``n_refine`` candidates per step
+    ``(dx, dy, dyaw)`` around the elites (their mean and std over each step, std at least
+    ``min_std``) and keeps the best so far. The plan is the cheapest candidate seen ("best") or
+    the mean of the last elites ("mean"). One iteration with ``n_prior`` 0 and "best" ranks the
+    proposals: NWM's use of a world model as a judge of a policy's samples.
+
+    prior: the NWM-protocol CEM whose initial distribution the prior draws come from;
+    top_k: elites; iterations: 1 ranks, more refine; min_std: (dx, dy, dyaw) floor of the
+    refinement std, spacing units and radians.
+    """
+
+    prior: CEMConfig
+    n_prior: int = 32
+    n_refine: int = 32
+    top_k: int = 8
+    iterations: int = 2
+    min_std: tuple[float, float, float] = (0.05, 0.05, 0.05)
+    select: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.select not in ("best", "mean"):
+            raise ValueError(f"select must be 'best' or 'mean', got {self.select!r}")
+        if self.n_prior < 0 or self.n_refine < 1 or self.top_k < 1 or self.iterations < 1:
+            raise ValueError(f"need n_prior >= 0, n_refine >= 1, top_k >= 1, iterations >= 1; got {self.n_prior}, "
+                             f"{self.n_refine}, {self.top_k}, {self.iterations}")  # fmt: skip
+        if any(s < 0 for s in self.min_std):
+            raise ValueError(f"min_std must be >= 0, got {self.min_std}")
+
+
+def clamp_deltas(deltas: torch.Tensor, cfg: CEMConfig) -> torch.Tensor:
+    """Per-step deltas (..., H, 3) with (dx, dy) inside the action range and dyaw wrapped to [-π, π)."""
+    lo = torch.tensor(cfg.action_min, dtype=deltas.dtype, device=deltas.device)
+    hi = torch.tensor(cfg.action_max, dtype=deltas.dtype, device=deltas.device)
+    yaw = deltas[..., 2:]
+    yaw = torch.where((yaw >= -math.pi) & (yaw < math.pi), yaw, torch.remainder(yaw + math.pi, 2 * math.pi) - math.pi)
+    return torch.cat([torch.maximum(torch.minimum(deltas[..., :2], hi), lo), yaw], -1)  # in range: unchanged
+
+
+def seeded_plan(
+    cost_fn: Callable[[torch.Tensor], torch.Tensor],
+    proposals: torch.Tensor,
+    cfg: SeededConfig,
+    generator: torch.Generator | None = None,
+) -> CEMResult:
+    """Proposal-seeded CEM (see :class:`SeededConfig`). proposals: per-step deltas (P, H, 3) in the
+    start frame, spacing units (P may be 0 when ``n_prior`` > 0). ``mean``/``std`` of the result
+    are the last elites' per-step mean and std (H, 3)."""
+    prior = cfg.prior
+    if proposals.ndim != 3 or proposals.shape[1:] != (prior.horizon, 3):
+        raise ValueError(f"proposals must be (P, {prior.horizon}, 3) per-step deltas, got {tuple(proposals.shape)}")
+    if len(proposals) + cfg.n_prior < 1:
+        raise ValueError("seeded CEM needs proposals or prior draws (n_prior > 0)")
+    mean, std = initial(prior)
+    drawn = decode((mean + std * torch.randn((cfg.n_prior, *prior.dim), generator=generator)).clamp(-1, 1), prior)
+    deltas = clamp_deltas(torch.cat([proposals.float().cpu(), drawn]), prior)  # (P + n_prior, H, 3)
+    floor = torch.tensor(cfg.min_std)
+
+    def score(candidates: torch.Tensor):
+        costs = cost_fn(candidates).float().cpu()  # (N,) the search state lives on the CPU
+        elite, elite_costs = elites(candidates, costs, min(cfg.top_k, len(costs)))  # (k, H, 3), (k,)
+        spread = elite.std(0, unbiased=False) if len(elite) > 1 else torch.zeros_like(elite[0])
+        return elite, elite_costs, elite.mean(0), spread.maximum(floor)
+
+    elite, elite_costs, e_mean, e_std = score(deltas)
+    best_d, best_c = elite[0].clone(), float(elite_costs[0])
+    for _ in range(cfg.iterations - 1):  # refine per step around the elites, keeping the best so far
+        noise = torch.randn((cfg.n_refine, *e_mean.shape), generator=generator)
+        candidates = clamp_deltas(torch.cat([best_d[None], e_mean + e_std * noise]), prior)  # (1 + n_refine, H, 3)
+        elite, elite_costs, e_mean, e_std = score(candidates)
+        if float(elite_costs[0]) < best_c:
+            best_d, best_c = elite[0].clone(), float(elite_costs[0])
+    plan_d = best_d if cfg.select == "best" else e_mean
+    return CEMResult(waypoints_from_actions(plan_d), plan_d, e_mean, e_std, best_c, elite_costs)

@@ -2,7 +2,7 @@
 
 The goal distance scores only the last imagined frame, so a CEM candidate that ends near the
 goal's view through a wall costs the same as one that goes round it (closed loop, NWM drove
-into walls: README, "Closed-loop navigation"). ``ClearanceHead`` reads one autoencoder latent
+into walls: docs/results.md, "Closed-loop navigation"). ``ClearanceHead`` reads one autoencoder latent
 and regresses the **view clearance**: the distance in metres to the nearest obstacle inside
 the camera's field of view (rays over its 90 degrees, up to ``max_range``), which a single
 forward view can show, unlike obstacles behind or beside the robot. The planning penalty
@@ -21,7 +21,7 @@ simulator data only. Training uses the training split's cached latents::
 Layout of ``--out DIR``: ``DIR/model.safetensors`` + ``DIR/config.json`` (kind ``clearance``,
 :func:`load_clearance_head`) and ``DIR/last/`` (resume state; the same command continues).
 Validation: mean absolute error (metres) on the val split, next to that of predicting the
-training mean, and the recall of views closer than ``margin``. What the head can tell (README,
+training mean, and the recall of views closer than ``margin``. What the head can tell (docs/results.md,
 "Collision penalty"): 74% of the validation views closer than 1 m are predicted so, but under
 0.5 m (3% of the driven frames) the recall is 10%, 7% with half of each batch drawn from near
 views (``--near-share 0.5``), hence the default margin of 1 m: the penalty steers plans away

@@ -20,17 +20,18 @@ from planners.cost import DISTANCES
 RANKED_SAMPLES = 32  # NoMaD trajectories the world model ranks per plan (nomad+nwm, nomad+come)
 DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}  # about 2 for memory experts (docs/design.md)
 # With ONE sampler step the contrastive term has no later step to correct its extrapolation: on the
-# validation worlds (README, "Memory experts") alpha 2 put +STM, +SLTM and CoME 5-6 dB BELOW the base
+# validation worlds (docs/results.md, "Memory experts") alpha 2 put +STM, +SLTM and CoME 5-6 dB BELOW the base
 # at 1 DDIM step, alpha 1 put every composition above it. ``default_alphas`` picks by the step count.
 ONE_STEP_ALPHA = 1.0
 # Composed coefficients scaled to sum to 1 (a geometric mixture). Chosen on the validation worlds
-# (README, "Memory experts"): the plain sum of four experts' scores at 5 DDIM steps fell 4.6 dB
+# (docs/results.md, "Memory experts"): the plain sum of four experts' scores at 5 DDIM steps fell 4.6 dB
 # below the base, the normalised one rose 0.6 dB above it.
 DEFAULT_NORMALISE = True
 # The world model's sampler steps per prediction when a caller names none. Chosen on the validation
-# worlds (README, "Planning cost"): NWM's ATE did not improve with more DDIM steps (1.383 at 1 step,
+# worlds (docs/results.md, "Planning cost"): NWM's ATE did not improve with more DDIM steps (1.383 at 1 step,
 # 1.353 at 2, 20 samples), prediction PSNR is highest at 1, and a plan's time grows with the steps.
 DEFAULT_SAMPLER_STEPS = 1
+SEARCHES = ("paper", "seeded")  # NWM's CEM from its prior; CEM seeded with the policies' proposals
 
 
 @dataclass(frozen=True)
@@ -38,19 +39,22 @@ class Method:
     """One navigation method. key: its name on the command line (``plan.py --method``); label: its
     row in the tables (``eval/ate_rpe.py --methods``); kind: "cem" (a world model searched with
     CEM), "policy" or "ranking" (the world model ranks a policy's samples); experts: the memory
-    experts composed with the base; table: a default row of ``eval/ate_rpe.py``."""
+    experts composed with the base; table: a default row of ``eval/ate_rpe.py``; search: the search
+    a "cem" method always uses (None: ``PlanConfig.search``)."""
 
     key: str
     label: str
     kind: str
     experts: tuple[str, ...] = ()
     table: bool = True
+    search: str | None = None
 
 
 REGISTRY = {m.key: m for m in (
     Method("gnm", "GNM", "policy"),
     Method("nomad", "NoMaD", "policy"),
     Method("nwm", "NWM", "cem"),
+    Method("nwm-paper", "NWM (paper protocol)", "cem", search="paper", table=False),
     Method("come", "CoME", "cem", ("stm", "ltm", "sltm")),
     Method("nwm+stm", "NWM+STM", "cem", ("stm",)),
     Method("nwm+ltm", "NWM+LTM", "cem", ("ltm",)),
@@ -60,7 +64,7 @@ REGISTRY = {m.key: m for m in (
 METHODS = tuple(REGISTRY)
 BY_LABEL = {m.label: m for m in REGISTRY.values()}
 TABLE = [m.label for m in REGISTRY.values() if m.table]  # the default rows of eval/ate_rpe.py
-CEM_LABELS = [m.label for m in REGISTRY.values() if m.kind == "cem"]  # what eval.bench plan times
+CEM_LABELS = [m.label for m in REGISTRY.values() if m.kind == "cem"]  # what eval.bench plan can time
 MEMORY_METHODS = {m.key: m.experts for m in REGISTRY.values() if m.kind == "cem" and m.experts}
 LABELS = {m.key: m.label for m in REGISTRY.values()}
 
@@ -109,6 +113,15 @@ class PlanConfig:
     length_weight: float = _flag(0.0, "--length-weight", "CEM cost per spacing unit of path", type=float)
     collision_weight: float = _flag(0.0, "--collision-weight", "CEM cost per metre of collision risk (needs "
                                     "CKPT/collision, planners.collision)", type=float)  # fmt: skip
+    search: str = _flag("paper", "--search", "world-model methods: paper (NWM's CEM from its prior) or seeded "
+                        "(CEM seeded with NoMaD's samples and GNM's prediction, refined per step)",
+                        choices=SEARCHES)  # fmt: skip
+    proposals_nomad: int = _flag(16, "--proposals-nomad", "seeded: NoMaD samples in the first population", type=int)
+    proposals_gnm: int = _flag(8, "--proposals-gnm", "seeded: GNM's prediction and its noisy copies", type=int)
+    prior_draws: int = _flag(32, "--prior-draws", "seeded: draws from NWM's prior in the first population", type=int)
+    refine: int = _flag(32, "--refine", "seeded: candidates of each refining iteration", type=int)
+    seeded_iterations: int = _flag(2, "--seeded-iterations", "seeded: iterations (1: rank the first population)",
+                                   type=int)  # fmt: skip
     precision: str = _flag("auto", "--precision", "bf16 autocast or fp32; auto: bf16 only where the CPU/GPU runs it "
                            "natively (AVX-512-BF16, AMX, Arm BF16, CUDA)", choices=PRECISIONS)  # fmt: skip
 
@@ -122,6 +135,12 @@ class PlanConfig:
         if not (self.length_weight >= 0 and self.collision_weight >= 0):  # also refuses NaN
             raise ValueError(f"penalty weights must be >= 0, got length {self.length_weight}, "
                              f"collision {self.collision_weight}")  # fmt: skip
+        if self.search not in SEARCHES:
+            raise ValueError(f"unknown search {self.search!r}; choose one of {', '.join(SEARCHES)}")
+        counts = (self.proposals_nomad, self.proposals_gnm, self.prior_draws)
+        if min(counts) < 0 or sum(counts) < 1 or self.refine < 1 or self.seeded_iterations < 1:
+            raise ValueError(f"seeded search needs proposal and prior counts >= 0 (one above 0), --refine and "
+                             f"--seeded-iterations >= 1; got {counts}, {self.refine}, {self.seeded_iterations}")
         if self.spacing is not None and not self.spacing > 0:
             raise ValueError(f"spacing must be > 0 metres per step, got {self.spacing}")
         unknown = set(self.alphas or {}) - set(DEFAULT_ALPHAS)

@@ -62,7 +62,7 @@ from planners.config import (
     parse_alphas,
 )
 from planners.cost import GoalDistance
-from planners.planner import Planner, PlanResult, PolicyPlanner, RankingPlanner, WorldModelPlanner
+from planners.planner import Planner, PlanResult, PolicyPlanner, PolicyProposals, RankingPlanner, WorldModelPlanner
 
 __all__ = ["BY_LABEL", "CEM_LABELS", "DEFAULT_ALPHAS", "DEFAULT_NORMALISE", "DEFAULT_SAMPLER_STEPS", "LABELS",
            "MEMORY_METHODS", "METHODS", "ONE_STEP_ALPHA", "RANKED_SAMPLES", "REGISTRY", "TABLE", "Method",
@@ -191,6 +191,17 @@ def _distilled(names: tuple[str, ...], layout: CheckpointLayout, steps: int, dev
     return distilled_world_model(layout.root, layout.distilled_root, steps, device, bf16), layout.distilled(steps)
 
 
+def seeded_search(layout: CheckpointLayout, config: PlanConfig, cem_config: cem.CEMConfig, device) -> dict:
+    """The proposer (NoMaD's samples, GNM's prediction) and SeededConfig of ``config.search == "seeded"``."""
+    from planners.policy_common import load_policy
+
+    nomad = load_policy(layout.need("nomad"), device=device) if config.proposals_nomad else None
+    gnm = load_policy(layout.need("gnm"), device=device) if config.proposals_gnm else None
+    proposer = PolicyProposals(nomad, gnm, config.proposals_nomad, config.proposals_gnm)
+    seeded = cem.SeededConfig(cem_config, config.prior_draws, config.refine, cem_config.top_k, config.seeded_iterations)
+    return {"proposer": proposer, "seeded": seeded}
+
+
 def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: PlanConfig | None = None,
                 **settings) -> Planner:  # fmt: skip
     """The planner of method ``name`` (a key or a table label, :data:`REGISTRY`) from the
@@ -226,6 +237,8 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
     collision = load_collision(ckpt_dir, device) if config.collision_weight else None
     penalties = {"length_weight": config.length_weight, "collision": collision,
                  "collision_weight": config.collision_weight}  # fmt: skip
+    if (m.search or config.search) == "seeded":
+        penalties |= seeded_search(layout, config, cem_config, device)
     if not names:
         return WorldModelPlanner(wm, cem_config, distance, config.rollouts, **penalties)
     experts = memory_experts(experts_dir, names, wm, device)

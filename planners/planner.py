@@ -64,6 +64,33 @@ class Planner(Protocol):
     def reset(self) -> None: ...
 
 
+class PolicyProposals:
+    """Trajectories that seed a world model's search: ``n_nomad`` of NoMaD's samples for the goal,
+    and GNM's prediction with ``n_gnm - 1`` noisy copies of it (Gaussian noise of std ``noise``
+    on each step's dx, dy in spacing units and dyaw in radians), as per-step deltas (P, H, 3)."""
+
+    def __init__(self, nomad=None, gnm=None, n_nomad: int = 16, n_gnm: int = 8, noise: float = 0.15):
+        if (nomad is None and n_nomad) or (gnm is None and n_gnm):
+            raise ValueError("a proposal count above 0 needs its policy (NoMaD, GNM)")
+        self.nomad, self.gnm, self.n_nomad, self.n_gnm, self.noise = nomad, gnm, n_nomad, n_gnm, noise
+
+    @torch.no_grad()
+    def __call__(self, context: torch.Tensor, goal: torch.Tensor, generator: torch.Generator | None = None):
+        """context (1, C, 3, H, W), goal (3, H, W) in [0, 1] -> per-step deltas (P, H, 3)."""
+        out = []
+        if self.n_nomad:
+            n = self.n_nomad
+            wp = self.nomad.predict(context.expand(n, *context.shape[1:]), goal[None].expand(n, *goal.shape),
+                                    generator=generator)["waypoints"]  # (n, H, 3)  # fmt: skip
+            out.append(actions_from_waypoints(wp.float().cpu()))
+        if self.n_gnm:
+            wp = self.gnm.predict(context, goal[None], generator=generator)["waypoints"].float().cpu()  # (1, H, 3)
+            d = actions_from_waypoints(wp).expand(self.n_gnm, -1, -1).clone()
+            d[1:] += self.noise * torch.randn(d[1:].shape, generator=generator)  # the first copy exact
+            out.append(d)
+        return torch.cat(out)
+
+
 class WorldModelPlanner:
     """CEM over a world model's imagination: the one planner of every world-model method.
 
@@ -96,17 +123,24 @@ class WorldModelPlanner:
         denoiser: ComposedDenoiser | None = None,
         spacing: float = METRIC_WAYPOINT_SPACING["nav_come_sim"],
         name: str = "NWM",
+        proposer: PolicyProposals | None = None,
+        seeded: cem.SeededConfig | None = None,
     ):
         """length_weight: cost per spacing unit of path; collision: a
         :class:`~planners.collision.ClearanceHead` whose risk over the imagined frames costs
         ``collision_weight`` per metre (:mod:`planners.cost`); spacing: metres per spacing unit
-        of the observed poses; name: the method, for messages."""
+        of the observed poses; name: the method, for messages; proposer and seeded: search with
+        proposal-seeded CEM (:func:`planners.cem.seeded_plan`) from the proposer's trajectories
+        instead of NWM's CEM (``cem_config``)."""
+        if (proposer is None) != (seeded is None):
+            raise ValueError("proposal-seeded CEM needs both a proposer and its SeededConfig")
         if denoiser is None:
             denoiser = ComposedDenoiser({"base": world_model.base_expert()}, {"base": 1.0},
                                         schedule=world_model.schedule, bf16=world_model.bf16)  # fmt: skip
         self.world_model, self.denoiser, self.cfg, self.distance = world_model, denoiser, cem_config, distance
         self.rollouts, self.length_weight, self.spacing, self.name = rollouts, length_weight, spacing, name
         self.collision, self.collision_weight = collision, collision_weight if collision is not None else 0.0
+        self.proposer, self.seeded = proposer, seeded
         self.timer: PlanTimer | None = None
         self.history = None  # EpisodeMemory of the observed frames
         self.last_observe: dict = {}
@@ -225,7 +259,14 @@ class WorldModelPlanner:
         warm_start: PlanResult | None = None,
         imagine: bool = False,
     ) -> PlanResult:
-        """context (1, C, 3, H, W) in [0, 1]; goal (3, H, W)."""
+        """context (1, C, 3, H, W) in [0, 1]; goal (3, H, W). ``warm_start`` (the previous plan)
+        starts NWM's CEM there; the proposal-seeded search starts from fresh proposals instead."""
+        if self.seeded is not None:
+            proposals = self.proposer(context, goal, generator)  # (P, H, 3): drawn first, as a ranker does
+            start, note = self.start(context)
+            res = cem.seeded_plan(self.cost(start, goal, generator), proposals, self.seeded, generator)
+            imagined = self.imagine(start, res.deltas, generator) if imagine else None
+            return PlanResult(res.waypoints, res.cost, self.cost_name, imagined, note=note)
         start, note = self.start(context)
         mean, std = (warm_start.mean, warm_start.std) if warm_start is not None else (None, None)
         res = cem.plan(self.cost(start, goal, generator), self.cfg, generator, mean, std)

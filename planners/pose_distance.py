@@ -47,7 +47,7 @@ from nav_come.core.checkpoint import (
     register_kind,
     save_checkpoint_files,
 )
-from nav_come.core.data import data_config, split_path
+from nav_come.core.data import dataset_config, split_path
 from nav_come.core.geometry import se2_relative, wrap_angle
 from nav_come.core.precision import bf16_flag
 from nav_come.core.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
@@ -208,7 +208,7 @@ def prepare(args: argparse.Namespace, dist: Distributed):
     """Everything the run needs; returns the ``fit`` call to make."""
     ae, _ = load_checkpoint(args.ckpt / "ae", "ae", "cpu")
     key = checkpoint_hash(args.ckpt / "ae")
-    spacing = data_config(args.dataset or args.data).metric_waypoint_spacing
+    spacing = dataset_config(args.data, args.dataset, args.spacing).metric_waypoint_spacing
     kw = dict(split_dir=args.split_dir, dataset=args.dataset)
     last = args.out / "last"
     if (last / "model" / CONFIG).is_file():  # a resumed run keeps its config

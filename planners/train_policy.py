@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="model preset: tiny or small")
     p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
     p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
+    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
+                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
     p.add_argument("--steps", type=int, default=100_000, help="optimiser steps in total (resumed runs count on)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget of this run")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (and per process)")

@@ -67,7 +67,7 @@ def test_resume_continues_exactly_where_it_stopped(run, data_dir, tmp_path):
         ({"--data": "/nonexistent/data"}, "data folder /nonexistent/data does not exist"),
         ({"--preset": "huge"}, "unknown preset 'huge'"),
         ({"--stage": "dit", "--ae": "/nonexistent/ae"}, "checkpoint folder /nonexistent/ae does not exist"),
-        ({"--dataset": "nowhere", "--stage": "dit"}, "unknown dataset 'nowhere'"),
+        ({"--spacing": "-1", "--stage": "dit"}, "--spacing must be a number of metres per step > 0"),
         (
             {"--split-dir": "/nonexistent/splits", "--stage": "dit"},
             "split file /nonexistent/splits/train/traj_names.txt does not exist",

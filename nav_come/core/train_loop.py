@@ -326,6 +326,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     resume-state periods."""
     p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
     p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
+    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
+                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     add_precision_arg(p)

@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from nav_come.core.data.actions import gt_waypoints
-from nav_come.core.data.config import ACTION_MAX, ACTION_MIN, data_config
+from nav_come.core.data.config import ACTION_MAX, ACTION_MIN, dataset_config
 from nav_come.core.data.recon import read_split, read_trajectory, split_path
 from nav_come.core.geometry import wrap_angle
 
 HORIZON = 8
 
 
-def motions(data: Path, split: str = "train", split_dir=None, dataset=None) -> np.ndarray:
+def motions(data: Path, split: str = "train", split_dir=None, dataset=None, spacing: float | None = None) -> np.ndarray:
     """(N, 3) normalised (dx, dy, u) of every 8th 8-step motion of the split's trajectories."""
-    spacing = data_config(dataset or data).metric_waypoint_spacing
+    spacing = dataset_config(data, dataset, spacing).metric_waypoint_spacing
     lo, hi = np.array(ACTION_MIN), np.array(ACTION_MAX)
     out = []
     for name in read_split(split_path(data, split, split_dir, dataset)):
@@ -40,7 +40,8 @@ def motions(data: Path, split: str = "train", split_dir=None, dataset=None) -> n
     return np.asarray(out)
 
 
-def cem_prior(data: Path, split: str = "train", split_dir=None, dataset=None) -> tuple[tuple, tuple, int]:
+def cem_prior(data: Path, split: str = "train", split_dir=None, dataset=None,
+              spacing: float | None = None) -> tuple[tuple, tuple, int]:
     """(mean, std, n) of the normalised (dx, dy, u) motions of the split."""
-    m = motions(data, split, split_dir, dataset)
+    m = motions(data, split, split_dir, dataset, spacing)
     return tuple(m.mean(0).round(3).tolist()), tuple(m.std(0).round(3).tolist()), len(m)

@@ -128,3 +128,35 @@ def data_config(name_or_dir: str | os.PathLike) -> DataConfig:
         f"unknown dataset {key!r}: give one of {sorted(METRIC_WAYPOINT_SPACING)} "
         f"or a data folder containing {DATASET_JSON} with a 'metric_waypoint_spacing' key"
     )
+
+
+def dataset_config(data_dir: str | os.PathLike, dataset: str | None = None, spacing: float | None = None) -> DataConfig:
+    """Constants of the dataset in ``data_dir``, for any dataset name.
+
+    ``dataset`` (the name the field's split layout uses) picks a known dataset's constants, else
+    the folder's ``dataset.json`` is read (the name stays ``dataset``), else the folder's own name
+    if known. ``spacing`` (metres per step, e.g. ``--spacing``) overrides the spacing, and lets a
+    dataset with no ``dataset.json`` and an unknown name be read at all (with RECON's CEM prior).
+    Raises ValueError naming the fix when nothing gives a spacing.
+    """
+    if spacing is not None and not (isinstance(spacing, (int, float)) and math.isfinite(spacing) and spacing > 0):
+        raise ValueError(f"--spacing must be a number of metres per step > 0, got {spacing!r}")
+    folder = Path(data_dir)
+    base = None
+    if dataset in METRIC_WAYPOINT_SPACING:
+        base = _known(dataset)
+    elif (folder / DATASET_JSON).is_file():
+        base = _from_json(folder / DATASET_JSON)
+        base = dataclasses.replace(base, name=dataset) if dataset else base
+    elif dataset is None and folder.name in METRIC_WAYPOINT_SPACING:
+        base = _known(folder.name)
+    if spacing is not None:
+        base = base or DataConfig(dataset or folder.name or "data", float(spacing))
+        return dataclasses.replace(base, metric_waypoint_spacing=float(spacing))
+    if base is None:
+        raise ValueError(
+            f"no waypoint spacing for dataset {dataset or folder.name!r} in {folder}: pass --spacing METRES_PER_STEP, "
+            f"name a known dataset ({', '.join(sorted(METRIC_WAYPOINT_SPACING))}) or add {DATASET_JSON} with a "
+            "'metric_waypoint_spacing' key to the data folder"
+        )
+    return base

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nav_come.core.data.actions import one_step_actions, relative_poses, revisit_mask
-from nav_come.core.data.config import data_config
+from nav_come.core.data.config import dataset_config
 from nav_come.core.data.recon import DataFormatError, Trajectory, load_frames, read_split, read_trajectory, split_path
 
 
@@ -33,7 +33,7 @@ class TrajectoryDataset(Dataset):
         pred_len: K, future frames t+1..t+K.
         goal_offset: inclusive (lo, hi) range of the goal frame offset, or None for no goal.
         image_size: square side frames are resized to (center-crop, INTER_AREA); None keeps them.
-        spacing: metres per step; default ``data_config(dataset or data_dir)``.
+        spacing: metres per step; default ``dataset_config(data_dir, dataset)``.
         names: explicit trajectory names; overrides the split file.
         cache: decode each trajectory's frames once and keep them in RAM as uint8.
         min_start: smallest t (e.g. to guarantee a longer history for memory experts).
@@ -81,9 +81,9 @@ class TrajectoryDataset(Dataset):
 
     def _default_spacing(self, dataset: str | None) -> float:
         try:
-            return data_config(dataset if dataset is not None else self.data_dir).metric_waypoint_spacing
+            return dataset_config(self.data_dir, dataset).metric_waypoint_spacing
         except ValueError as e:
-            raise ValueError(f"{e}; or pass spacing= (metres per step) or dataset=") from e
+            raise ValueError(str(e).replace("pass --spacing", "pass spacing=")) from e
 
     def _read_poses(self, name: str, source) -> Trajectory:
         folder = self.data_dir / name

@@ -1,0 +1,132 @@
+"""The tables of the docs, regenerated from the result JSONs kept under ``results/``.
+
+    python -m eval.report            # rewrite every generated table in docs/*.md
+    python -m eval.report --check    # exit 1 if a table in the docs differs from its JSONs
+
+A generated table sits between ``<!-- report:NAME -->`` and ``<!-- /report -->`` in a doc;
+:data:`TABLES` says how each is made from ``results/``. A reader can check a number against
+the JSON it came from without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nav_come.core.io import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)
+
+
+def _load(results: Path, name: str) -> dict:
+    return json.loads((results / name).read_text())
+
+
+def precision_plan(results: Path) -> str:
+    """``plan.py`` on the example at each precision, on the native-bf16 path and the AVX2 path: the
+    median of the repeated runs (``plan_PATH_PRECISION_rN.json``), the runs interleaved."""
+    lines = ["| CPU path | auto picks | s/plan auto | s/plan fp32 | s/plan bf16 | auto / faster | runs |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for path, label in (("native", "AVX-512-BF16 (native bf16)"), ("avx2", "AVX2 (bf16 emulated)")):
+        runs = {p: [_load(results, f.relative_to(results).as_posix())
+                    for f in sorted((results / "precision").glob(f"plan_{path}_{p}_r*.json"))]
+                for p in ("auto", "fp32", "bf16")}  # fmt: skip
+        sec = {p: statistics.median(r["seconds"] for r in rs) for p, rs in runs.items()}
+        picks = {r["precision"] for r in runs["auto"]}
+        lines.append(f"| {label} | {', '.join(sorted(picks))} | {sec['auto']:.1f} | {sec['fp32']:.1f} | "
+                     f"{sec['bf16']:.1f} | {sec['auto'] / min(sec['fp32'], sec['bf16']):.2f} | "
+                     f"{len(runs['auto'])} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def precision_inprocess(results: Path) -> str:
+    """``eval.bench precision``: one NWM plan per precision, interleaved in one process."""
+    lines = ["| CPU path | precision | runs as | s/plan (median) | runs (s) | / fastest forced |",
+             "|---|---|---|---|---|---|"]
+    for path, label in (("native", "AVX-512-BF16"), ("avx2", "AVX2")):
+        rows = _load(results, f"precision/inprocess_{path}.json")["rows"]
+        fastest = min(r["s_per_plan"] for r in rows if r["precision"] != "auto")
+        for r in rows:
+            runs = ", ".join(f"{s:.1f}" for s in r["seconds"])
+            lines.append(f"| {label} | {r['precision']} | {r['runs_as']} | {r['s_per_plan']:.2f} | {runs} | "
+                         f"{r['s_per_plan'] / fastest:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def precision_model(results: Path) -> str:
+    """``eval.bench model``: a training step and one-step predictions, fp32 and bf16 side by side."""
+    lines = ["| CPU path | precision | train s/step (batch 32) | predict frames/s (batch 120, 5 DDIM steps) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for path, label in (("native", "AVX-512-BF16"), ("avx2", "AVX2")):
+        report = _load(results, f"precision/bench_model_{path}.json")
+        for r in report["rows"]:
+            pick = " (auto)" if r["precision"] == report["auto_precision"] else ""
+            lines.append(f"| {label} | {r['precision']}{pick} | {r['train_s_per_step']:.3f} | "
+                         f"{r['predict_frames_per_s']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def precision_bench_plan(results: Path) -> str:
+    """``eval.bench plan --quick``: seconds per plan of each CEM method at each precision."""
+    lines = ["| CPU path | method | sampler | steps | s/plan fp32 | s/plan bf16 | bf16 / fp32 |",
+             "|---|---|---|---|---|---|---|"]
+    for path, label in (("native", "AVX-512-BF16"), ("avx2", "AVX2")):
+        rows = _load(results, f"precision/bench_plan_{path}.json")["rows"]
+        cells = {(r["method"], r["sampler"], r["sampler_steps"], r["precision"]): r["s_per_plan"] for r in rows}
+        for m, sampler, steps in dict.fromkeys((r["method"], r["sampler"], r["sampler_steps"]) for r in rows):
+            fp32, bf16 = cells[m, sampler, steps, "fp32"], cells[m, sampler, steps, "bf16"]
+            lines.append(f"| {label} | {m} | {sampler} | {steps} | {fp32:.1f} | {bf16:.1f} | {bf16 / fp32:.2f} |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "precision-plan": precision_plan,
+    "precision-inprocess": precision_inprocess,
+    "precision-model": precision_model,
+    "precision-bench-plan": precision_bench_plan,
+}
+
+
+def render(text: str, results: Path) -> str:
+    """``text`` with every generated block remade from ``results``; KeyError for an unknown block."""
+
+    def fill(m: re.Match) -> str:
+        if m["name"] not in TABLES:
+            raise KeyError(f"unknown report block {m['name']!r}; known: {', '.join(TABLES)}")
+        return f"{m.group(1)}{TABLES[m['name']](results)}\n{m.group(4)}"
+
+    return BLOCK.sub(fill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if a doc's table differs from its JSONs")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs")
+    p.add_argument("--results", type=Path, default=ROOT / "results")
+    args = p.parse_args(argv)
+    stale = []
+    for doc in sorted(args.docs.glob("*.md")):
+        text = doc.read_text()
+        try:
+            new = render(text, args.results)
+        except (KeyError, FileNotFoundError, json.JSONDecodeError) as e:
+            print(f"report: error: {doc}: {e}", file=sys.stderr)
+            return 2
+        if new != text:
+            stale.append(doc)
+            if not args.check:
+                atomic_write_text(doc, new)
+    verb = "differ from results/ (run python -m eval.report)" if args.check else "rewritten"
+    for doc in stale:
+        print(f"{doc}: {verb}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
