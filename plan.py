@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,12 +30,16 @@ def load_image(path: str, size: int) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"image {path!r} does not exist; pass the path of a PNG or JPEG file")
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)  # palette PNGs come back expanded to BGR
     if img is None:
         raise ValueError(f"cannot read {path!r} as an image (corrupt or not PNG/JPEG); re-export it as PNG")
     if img.ndim != 3 or img.shape[2] != 3:
         channels = 1 if img.ndim == 2 else img.shape[2]
         raise ValueError(f"{path!r} has {channels} channel(s); the planner needs RGB images (3 channels)")
+    if img.dtype == np.uint16:  # 16-bit PNG: scale by its real bit depth
+        img = np.round(img.astype(np.float64) * (255 / 65535)).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ValueError(f"{path!r} has {img.dtype} pixels; re-export it as an 8- or 16-bit PNG or a JPEG")
     from nav_come.core.data.recon import square_resize
 
     return square_resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
@@ -63,6 +68,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_args(args) -> None:
+    """Refuse what would fail, or silently mislead, only after the plan: one ValueError line."""
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    for flag, path in (("--figure", args.figure), ("--json", args.json)):
+        if path is None:
+            continue
+        parent = Path(path).resolve().parent
+        while not parent.exists():
+            parent = parent.parent
+        if Path(path).is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ValueError(f"{flag} {path!r} cannot be written; pass a file path in a writable folder")
+    for c in args.context or []:
+        if not Path(c).is_file():
+            raise ValueError(f"context image {c!r} does not exist; pass the paths of the context frames, oldest first")
+
+
 def run(args) -> dict:
     from nav_come.core.data.config import data_config
     from planners.config import plan_config_from_args
@@ -73,19 +95,23 @@ def run(args) -> dict:
     planner = load_method(method, args.ckpt, args.device, config)
     size, n_ctx = planner.image_size, planner.context_frames
     paths = args.context or sorted(map(str, EXAMPLES.glob("context_*.png")))
-    if len(paths) < n_ctx:
-        raise ValueError(f"{len(paths)} context image(s) given; the model needs {n_ctx} (oldest first)")
-    context = np.stack([load_image(c, size) for c in paths[-n_ctx:]])  # (C, H, W, 3)
+    if len(paths) != n_ctx:
+        raise ValueError(f"{len(paths)} context image(s) given; the model needs exactly {n_ctx} (oldest first)")
+    context = np.stack([load_image(c, size) for c in paths])  # (C, H, W, 3)
     goal = load_image(args.goal, size)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     res = planner(to_tensor(context)[None], to_tensor(goal), generator=gen, imagine=True)
     seconds = time.perf_counter() - start
+    if not torch.isfinite(res.waypoints).all() or (res.cost is not None and not np.isfinite(res.cost)):
+        raise ValueError(f"the plan is not finite (cost {res.cost}): the checkpoint in {args.ckpt} may hold NaN or "
+                         "infinite weights; retrain or restore it")  # fmt: skip
     spacing = data_config("nav_come_sim").metric_waypoint_spacing
     wp = res.waypoints.numpy().astype(float)
     wp_m = np.concatenate([wp[:, :2] * spacing, wp[:, 2:]], 1)
     meta = EXAMPLES / "example.json"
-    truth = json.loads(meta.read_text())["true_waypoints"] if args.context is None and meta.is_file() else None
+    example = args.context is None and Path(args.goal).resolve() == (EXAMPLES / "goal.png").resolve()
+    truth = json.loads(meta.read_text())["true_waypoints"] if example and meta.is_file() else None
     return {"method": method, "precision": planner.precision, "waypoints": wp.round(4).tolist(),
             "waypoints_m": wp_m.round(4).tolist(), "cost": res.cost, "cost_name": res.cost_name,
             "seconds": round(seconds, 2), "seed": args.seed,
@@ -114,17 +140,19 @@ def report(out: dict, args) -> None:
     if args.json:
         from nav_come.core.io import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({k: v for k, v in out.items() if not k.startswith("_")}, indent=2))
+        public = {k: v for k, v in out.items() if not k.startswith("_")}
+        atomic_write_text(args.json, json.dumps(public, indent=2, allow_nan=False))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from nav_come.core.checkpoint import CheckpointError
     from planners.methods import MethodUnavailable
 
     try:
+        check_args(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         out = run(args)
     except (ValueError, CheckpointError, MethodUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)

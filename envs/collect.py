@@ -25,7 +25,9 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -175,10 +177,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+SETTINGS = "collect.json"  # the settings a folder was collected with; a rerun must repeat them
+SETTING_KEYS = ("world", "n_traj", "traj_len", "seed", "image_size", "traj_per_world", "nav_per_traj",
+                "memory_per_traj")  # fmt: skip
+
+
+def claim(out: Path, args) -> None:
+    """Make ``out`` the folder of a collection with these settings, or refuse (ValueError, one line):
+    an unwritable folder, or one collected with other settings (never mix the two)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create --out {out} ({e.strerror}); choose a writable folder") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out} is not writable; choose a writable folder")
+    settings = {k: getattr(args, k) for k in SETTING_KEYS}
+    path = out / SETTINGS
+    if not path.is_file() and (out / "dataset.json").is_file():  # collected before collect.json existed
+        stored = json.loads((out / "dataset.json").read_text())
+        atomic_write_text(path, json.dumps({**settings, **{k: stored[k] for k in SETTING_KEYS if k in stored}}))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        differ = [f"--{k.replace('_', '-')} {stored.get(k)}" for k in SETTING_KEYS if stored.get(k) != settings[k]]
+        if differ:
+            raise ValueError(f"{out} was collected with {', '.join(differ)}; rerun with those settings to resume, "
+                             "or choose a new --out")  # fmt: skip
+    elif any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty and holds no {SETTINGS}; choose a new or empty folder")
+    else:
+        atomic_write_text(path, json.dumps(settings, indent=2))
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds the worker pool, which terminates its workers
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        claim(out, args)
+    except ValueError as e:
+        print(f"collect: error: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
     for stale in out.glob(".*.tmp-*"):  # left by an interrupted run; never read as data
         shutil.rmtree(stale, ignore_errors=True)
     jobs, splits = plan_jobs(args.world, args.n_traj, args.traj_len, args.seed, args.image_size, args.traj_per_world)

@@ -13,6 +13,7 @@ for straight motion that is ``(v · 0.25 / 0.25, 0, 0) = (v, 0, 0)``.
 
 Reward per step: the decrease of the shortest-path distance to the goal
 (metres), minus 0.01, minus 0.1 on a collision, plus 1.0 on success.
+``step`` after the episode ended (or before the first ``reset``) raises: call ``reset``.
 The episode terminates when the robot is within ``success_radius`` (0.5 m)
 of the goal position; it is truncated after ``max_steps``.
 
@@ -116,7 +117,7 @@ class ImageNavEnv(gym.Env):
         self.goal_pose = goal
         self.goal_image = self.sim.render(goal)
         self._goal_distance = self.nav.goal_distance(goal[:2])
-        self.trace, self.steps = [self.sim.pose[:2].copy()], 0
+        self.trace, self.steps, self._ended = [self.sim.pose[:2].copy()], 0, False
         self._dist = self._distance()
         return self._obs(), self._info(False)
 
@@ -137,6 +138,8 @@ class ImageNavEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (2,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action must be 2 finite numbers (v m/s, w rad/s), got {action!r}")
+        if getattr(self, "_ended", True):  # never reset, or the episode ended: gymnasium leaves this undefined
+            raise RuntimeError("the episode has ended (terminated or truncated) or never started; call reset() first")
         collision = self.sim.step(*action)
         self.steps += 1
         self.trace.append(self.sim.pose[:2].copy())
@@ -144,6 +147,7 @@ class ImageNavEnv(gym.Env):
         info = self._info(collision)
         reward = (dist - self._dist) - 0.01 - 0.1 * collision + 1.0 * info["is_success"]
         truncated = self.steps >= self.max_steps and not info["is_success"]
+        self._ended = bool(info["is_success"] or truncated)  # no success bonus paid twice
         return self._obs(), float(reward), bool(info["is_success"]), bool(truncated), info
 
     def render(self):

@@ -54,9 +54,10 @@ from tqdm import tqdm
 from eval import distributed
 from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
 from nav_come.core.data import DataFormatError, dataset_config, gt_waypoints, load_frames, poses, read_split, split_path
-from nav_come.core.data.recon import read_trajectory
+from nav_come.core.data.recon import data_fingerprint, read_trajectory
 from nav_come.core.geometry import se2_compose
 from nav_come.core.io import atomic_write_text
+from nav_come.core.layout import checkpoints_fingerprint
 from nav_come.core.metrics import ate, rpe
 from nav_come.core.precision import resolve
 from nav_come.core.train_loop import Distributed
@@ -166,6 +167,9 @@ def check_resume(folder: Path, protocol: dict) -> None:
         except json.JSONDecodeError as err:
             raise ValueError(f"--resume {folder}: protocol.json is not JSON ({err}); use a new folder") from err
         differ = sorted(k for k in settings.keys() | stored.keys() if settings.get(k) != stored.get(k))
+        changed = {"data_content": "the data at --data changed since", "ckpt_content": "the checkpoints changed since"}
+        for key in (k for k in differ if k in changed):
+            raise ValueError(f"--resume {folder}: {changed[key]} its results were made; use a new folder")
         if differ:
             raise ValueError(f"--resume {folder} holds results made with other settings ({', '.join(differ)}); "
                              "rerun with those settings or use a new folder")  # fmt: skip
@@ -295,8 +299,11 @@ def run(args, dist: Distributed | None = None) -> dict | None:
         if getattr(args, key):
             protocol[key] = getattr(args, key)
     if args.resume is not None:  # every setting but the sample count; the alphas of every method ever run
-        check_resume(args.resume, {"data": str(args.data), **{k: v for k, v in protocol.items()
-                                                               if k not in ("n_samples", "alphas")}})  # fmt: skip
+        content = {"data_content": data_fingerprint(args.data, split_path(args.data, args.split, args.split_dir,
+                                                                          args.dataset)),
+                   "ckpt_content": checkpoints_fingerprint(args.ckpt)}  # what the kept results were made from
+        check_resume(args.resume, {"data": str(args.data), **content, **{k: v for k, v in protocol.items()
+                                                                         if k not in ("n_samples", "alphas")}})
         for m in memory:
             check_resume(args.resume / m, {"alphas": protocol["alphas"][m]})
 

@@ -42,6 +42,7 @@ from eval.ate_rpe import METHOD_NAMES, check_resume, table_labels
 from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
 from nav_come.core.data import data_config
 from nav_come.core.io import atomic_write_text
+from nav_come.core.layout import checkpoints_fingerprint
 from nav_come.core.precision import resolve
 from planners.config import add_plan_args, plan_config_from_args
 from planners.methods import MethodUnavailable, load_method
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.episodes < 1 or args.first_episode < 0 or args.max_steps < 1 or args.gifs < 0:
+            raise ValueError(f"--episodes and --max-steps must be >= 1, --first-episode and --gifs >= 0; got "
+                             f"{args.episodes}, {args.max_steps}, {args.first_episode}, {args.gifs}")  # fmt: skip
         args.methods = table_labels(args.methods)
         config = plan_config_from_args(args, data_config("nav_come_sim"))
     except ValueError as err:
@@ -140,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                                        "distilled": str(args.distilled) if args.distilled else None,
                                        "ckpt": str(args.ckpt), "length_weight": args.length_weight,
                                        "collision_weight": args.collision_weight, "qp": args.qp,
-                                       "precision": resolve(args.precision, args.device)})  # fmt: skip
+                                       "precision": resolve(args.precision, args.device),
+                                       "search": [config.search, config.proposals_nomad, config.proposals_gnm,
+                                                  config.prior_draws, config.refine, config.seeded_iterations],
+                                       "ckpt_content": checkpoints_fingerprint(args.ckpt)})  # fmt: skip
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

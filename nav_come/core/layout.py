@@ -87,3 +87,20 @@ class CheckpointLayout:
             raise MissingCheckpoint(f"{what} checkpoint {folder} is missing; train it with "
                                     f"`{train_command(self.root, part, steps, self.distilled_root)}`")  # fmt: skip
         return folder
+
+
+def checkpoints_fingerprint(root: str | os.PathLike) -> str:
+    """Short content hash of every checkpoint part in ``root`` (distilled ones included): what a
+    kept result depends on, so that retrained weights are never mixed with results of the old ones."""
+    import hashlib
+
+    from nav_come.core.checkpoint import checkpoint_hash
+
+    h = hashlib.sha256()
+    for config in sorted(Path(root).rglob("config.json")):
+        part = config.parent
+        if (part / "model.safetensors").is_file():
+            h.update(f"{part.relative_to(root)}:{checkpoint_hash(part)}".encode())
+        else:  # settings alone (the LTM's)
+            h.update(f"{part.relative_to(root)}:".encode() + config.read_bytes())
+    return h.hexdigest()[:16]

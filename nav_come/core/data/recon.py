@@ -13,6 +13,7 @@ unexecuted. Writers are atomic.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import os
@@ -334,3 +335,15 @@ def split_path(
         return Path(data_dir) / "splits" / split / SPLIT_FILE
     root = Path(split_dir) if dataset is None else Path(split_dir) / dataset
     return root / split / SPLIT_FILE
+
+
+def data_fingerprint(data_dir: str | os.PathLike, split_file: str | os.PathLike) -> str:
+    """Short content hash of a split: its name list, and each trajectory's pose file and frame
+    count. Results kept for resuming record it, so that regenerated data is never mixed with them."""
+    h = hashlib.sha256(Path(split_file).read_bytes())
+    for name in read_split(split_file):
+        folder = Path(data_dir) / name
+        pkl = folder / TRAJ_DATA
+        h.update(pkl.read_bytes() if pkl.is_file() else b"missing")
+        h.update(str(sum(1 for _ in folder.glob("*.jpg"))).encode())
+    return h.hexdigest()[:16]
