@@ -85,11 +85,29 @@ def precision_bench_plan(results: Path) -> str:
     return "\n".join(lines)
 
 
+SEEDED_VAL = (("val40_paper.json", None),
+              ("val40_seeded.json", "seeded: 16 NoMaD + 8 GNM + 32 prior draws, 2 iterations"),
+              ("val40_seeded_it1.json", "seeded: the same, 1 iteration (ranks the first population)"),
+              ("val40_seeded_noprior.json", "seeded: 16 NoMaD + 8 GNM, 2 iterations (chosen)"))  # fmt: skip
+
+
+def seeded_val(results: Path) -> str:
+    """The proposal-seeded search against the paper protocol and the policies on validation worlds."""
+    lines = ["| method | search | ATE | RPE | ATE (m) | s/plan | n |", "|---|---|---|---|---|---|---|"]
+    for name, search in SEEDED_VAL:
+        for r in _load(results, f"planning_val/{name}")["rows"]:
+            how = search or ("paper protocol" if r["method"] in ("NWM", "CoME") else "-")
+            lines.append(f"| {r['method']} | {how} | {r['ate']:.3f} | {r['rpe']:.3f} | {r['ate_m']:.3f} | "
+                         f"{r['s_per_plan']:.1f} | {r['n']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "precision-plan": precision_plan,
     "precision-inprocess": precision_inprocess,
     "precision-model": precision_model,
     "precision-bench-plan": precision_bench_plan,
+    "seeded-val": seeded_val,
 }
 
 

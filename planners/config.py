@@ -118,7 +118,8 @@ class PlanConfig:
                         choices=SEARCHES)  # fmt: skip
     proposals_nomad: int = _flag(16, "--proposals-nomad", "seeded: NoMaD samples in the first population", type=int)
     proposals_gnm: int = _flag(8, "--proposals-gnm", "seeded: GNM's prediction and its noisy copies", type=int)
-    prior_draws: int = _flag(32, "--prior-draws", "seeded: draws from NWM's prior in the first population", type=int)
+    prior_draws: int = _flag(0, "--prior-draws", "seeded: draws from NWM's prior in the first population (0: chosen "
+                             "on validation worlds, docs/results.md)", type=int)  # fmt: skip
     refine: int = _flag(32, "--refine", "seeded: candidates of each refining iteration", type=int)
     seeded_iterations: int = _flag(2, "--seeded-iterations", "seeded: iterations (1: rank the first population)",
                                    type=int)  # fmt: skip
