@@ -54,6 +54,7 @@ from tqdm import tqdm
 from eval import distributed
 from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
 from nav_come.core.data import DataFormatError, dataset_config, gt_waypoints, load_frames, poses, read_split, split_path
+from nav_come.core.data.config import add_data_args
 from nav_come.core.data.recon import data_fingerprint, read_trajectory
 from nav_come.core.geometry import se2_compose
 from nav_come.core.io import atomic_write_text
@@ -196,10 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT, help="checkpoint folder of every method")
     p.add_argument("--methods", nargs="+", default=TABLE, help=" ".join(METHOD_NAMES))
     p.add_argument("--split", default="test")
-    p.add_argument("--split-dir", type=Path)
-    p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
-    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
-                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
+    add_data_args(p)
     p.add_argument("--n-samples", type=int, help="evaluate only this many samples")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--history", type=int, default=128, help="memory methods: frames of the episode up to t observed")

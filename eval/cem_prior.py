@@ -23,7 +23,7 @@ import numpy as np
 
 from nav_come.core.data.actions import gt_waypoints
 from nav_come.core.data.cem_prior import HORIZON, cem_prior
-from nav_come.core.data.config import dataset_config
+from nav_come.core.data.config import add_data_args, dataset_config
 from nav_come.core.data.recon import DataFormatError, read_trajectory, split_path
 
 
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.cem_prior", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
     p.add_argument("--split", default="train", help="split measured (default train)")
-    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
-    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
-    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
-                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
+    add_data_args(p)
     p.add_argument("--check", metavar="SPLIT", help="score the prior on this split's navigation_eval samples (val)")
     args = p.parse_args(argv)
     try:

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from eval.ate_rpe import load_sample, load_samples
 from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
 from nav_come.core.data import DataFormatError, dataset_config, poses, read_trajectory
+from nav_come.core.data.config import add_data_args
 from nav_come.core.geometry import se2_compose, waypoints_from_actions, wrap_angle
 from nav_come.core.io import atomic_write_text
 from nav_come.core.metrics import ate, rpe
@@ -128,10 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("data/maze"))
     p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT)
     p.add_argument("--split", default="val", help="val (the default; choose settings here) or test")
-    p.add_argument("--split-dir", type=Path)
-    p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM preset), e.g. recon")
-    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
-                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
+    add_data_args(p)
     p.add_argument("--n-samples", type=int, default=40)
     p.add_argument("--steps", type=int, nargs="+", default=[1], help="the world model's sampler steps (one run each)")
     p.add_argument("--distilled", type=Path, help="also run the base distilled for each step count in this folder")

@@ -63,6 +63,7 @@ import torch
 from eval import distributed, memory_table
 from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
 from nav_come.core.data import DataFormatError, TrajectoryDataset, dataset_config
+from nav_come.core.data.config import add_data_args
 from nav_come.core.io import atomic_write_bytes, atomic_write_text
 from nav_come.core.metrics import lpips, lpips_available, psnr, ssim
 from nav_come.core.precision import add_precision_arg, resolve, use_bf16
@@ -108,10 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="test (reported) or val (choosing settings such as alpha and steps)")  # fmt: skip
-    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/test")
-    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
-    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
-                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
+    add_data_args(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: cuda:LOCAL_RANK, ranks share GPUs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     add_precision_arg(p)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from nav_come.core.checkpoint import CONFIG, CheckpointError, read_config
 from nav_come.core.data import TrajectoryDataset, split_path
+from nav_come.core.data.config import add_data_args
 from nav_come.core.metrics import ate, rpe
 from nav_come.core.precision import PRECISIONS, bf16_flag, resolve
 from nav_come.core.train_loop import Distributed, LoopConfig, fit, setup_distributed
@@ -63,10 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
     p.add_argument("--out", required=True, type=Path, help="output folder (see the layout above)")
     p.add_argument("--preset", default="small", help="model preset: tiny or small")
-    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
-    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
-    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
-                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
+    add_data_args(p)
     p.add_argument("--steps", type=int, default=100_000, help="optimiser steps in total (resumed runs count on)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget of this run")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (and per process)")

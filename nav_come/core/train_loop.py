@@ -43,6 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nav_come.core.checkpoint import WEIGHTS, CheckpointError, load_weights, save_checkpoint
+from nav_come.core.data.config import add_data_args
 from nav_come.core.io import atomic_directory
 from nav_come.core.precision import add_precision_arg, autocast
 
@@ -324,10 +325,7 @@ def fit(
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """The flags every training CLI shares: split layout, device, threads, precision, seed, validation and
     resume-state periods."""
-    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
-    p.add_argument("--dataset", help="dataset name (split layout and waypoint spacing), e.g. recon")
-    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
-                                                      "(default: from its dataset.json or --dataset)")  # fmt: skip
+    add_data_args(p)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
     add_precision_arg(p)

@@ -160,3 +160,12 @@ def dataset_config(data_dir: str | os.PathLike, dataset: str | None = None, spac
             "'metric_waypoint_spacing' key to the data folder"
         )
     return base
+
+
+def add_data_args(p) -> None:
+    """The flags every CLI that reads a dataset shares: the field's split layout, the dataset's
+    name and its waypoint spacing (:func:`dataset_config`)."""
+    p.add_argument("--split-dir", type=Path, help="the field's split layout: SPLIT_DIR/DATASET/{train,test}")
+    p.add_argument("--dataset", help="dataset name (split layout, spacing, CEM prior), e.g. recon")
+    p.add_argument("--spacing", type=float, help="metres per step of a dataset the project does not know "
+                                                 "(default: from its dataset.json or --dataset)")  # fmt: skip
