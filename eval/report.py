@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)
 
 
+PATHS = (("native", "AVX-512-BF16"), ("avx2", "AVX2"))  # the CPU paths of results/precision: file tag, label
+EMULATION = {"native": "native bf16", "avx2": "bf16 emulated"}
+
+
 def _load(results: Path, name: str) -> dict:
     return json.loads((results / name).read_text())
 
@@ -33,13 +37,14 @@ def precision_plan(results: Path) -> str:
     median of the repeated runs (``plan_PATH_PRECISION_rN.json``), the runs interleaved."""
     lines = ["| CPU path | auto picks | s/plan auto | s/plan fp32 | s/plan bf16 | auto / faster | runs |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for path, label in (("native", "AVX-512-BF16 (native bf16)"), ("avx2", "AVX2 (bf16 emulated)")):
+    for path, label in PATHS:
         runs = {p: [_load(results, f.relative_to(results).as_posix())
                     for f in sorted((results / "precision").glob(f"plan_{path}_{p}_r*.json"))]
                 for p in ("auto", "fp32", "bf16")}  # fmt: skip
         sec = {p: statistics.median(r["seconds"] for r in rs) for p, rs in runs.items()}
         picks = {r["precision"] for r in runs["auto"]}
-        lines.append(f"| {label} | {', '.join(sorted(picks))} | {sec['auto']:.1f} | {sec['fp32']:.1f} | "
+        lines.append(f"| {label} ({EMULATION[path]}) | {', '.join(sorted(picks))} | {sec['auto']:.1f} | "
+                     f"{sec['fp32']:.1f} | "
                      f"{sec['bf16']:.1f} | {sec['auto'] / min(sec['fp32'], sec['bf16']):.2f} | "
                      f"{len(runs['auto'])} |")  # fmt: skip
     return "\n".join(lines)
@@ -49,7 +54,7 @@ def precision_inprocess(results: Path) -> str:
     """``eval.bench precision``: one NWM plan per precision, interleaved in one process."""
     lines = ["| CPU path | precision | runs as | s/plan (median) | runs (s) | / fastest forced |",
              "|---|---|---|---|---|---|"]
-    for path, label in (("native", "AVX-512-BF16"), ("avx2", "AVX2")):
+    for path, label in PATHS:
         rows = _load(results, f"precision/inprocess_{path}.json")["rows"]
         fastest = min(r["s_per_plan"] for r in rows if r["precision"] != "auto")
         for r in rows:
@@ -63,7 +68,7 @@ def precision_model(results: Path) -> str:
     """``eval.bench model``: a training step and one-step predictions, fp32 and bf16 side by side."""
     lines = ["| CPU path | precision | train s/step (batch 32) | predict frames/s (batch 120, 5 DDIM steps) |",
              "|---|---|---|---|"]  # fmt: skip
-    for path, label in (("native", "AVX-512-BF16"), ("avx2", "AVX2")):
+    for path, label in PATHS:
         report = _load(results, f"precision/bench_model_{path}.json")
         for r in report["rows"]:
             pick = " (auto)" if r["precision"] == report["auto_precision"] else ""
@@ -76,7 +81,7 @@ def precision_bench_plan(results: Path) -> str:
     """``eval.bench plan --quick``: seconds per plan of each CEM method at each precision."""
     lines = ["| CPU path | method | sampler | steps | s/plan fp32 | s/plan bf16 | bf16 / fp32 |",
              "|---|---|---|---|---|---|---|"]
-    for path, label in (("native", "AVX-512-BF16"), ("avx2", "AVX2")):
+    for path, label in PATHS:
         rows = _load(results, f"precision/bench_plan_{path}.json")["rows"]
         cells = {(r["method"], r["sampler"], r["sampler_steps"], r["precision"]): r["s_per_plan"] for r in rows}
         for m, sampler, steps in dict.fromkeys((r["method"], r["sampler"], r["sampler_steps"]) for r in rows):

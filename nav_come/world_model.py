@@ -29,7 +29,7 @@ from torch import nn
 
 from nav_come.autoencoder import Autoencoder
 from nav_come.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nav_come.core.precision import autocast, native_bf16, use_bf16
+from nav_come.core.precision import autocast, resolve, use_bf16
 from nav_come.diffusion import COSINE, SAMPLERS, CosineSchedule, randn
 from nav_come.dit import DiT
 
@@ -89,7 +89,7 @@ class WorldModel(nn.Module):
     @property
     def precision(self) -> str:
         """"bf16" or "fp32": what the networks run at on this device."""
-        return "bf16" if self.bf16 or (self.bf16 is None and native_bf16(self.device)) else "fp32"
+        return resolve({True: "bf16", False: "fp32", None: "auto"}[self.bf16], self.device)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from nav_come.core.data.config import DataConfig
-from nav_come.core.precision import PRECISIONS
+from nav_come.core.precision import PRECISION_HELP, PRECISIONS
 from planners import cem
 from planners.cost import DISTANCES
 
@@ -123,8 +123,7 @@ class PlanConfig:
     refine: int = _flag(32, "--refine", "seeded: candidates of each refining iteration", type=int)
     seeded_iterations: int = _flag(2, "--seeded-iterations", "seeded: iterations (1: rank the first population)",
                                    type=int)  # fmt: skip
-    precision: str = _flag("auto", "--precision", "bf16 autocast or fp32; auto: bf16 only where the CPU/GPU runs it "
-                           "natively (AVX-512-BF16, AMX, Arm BF16, CUDA)", choices=PRECISIONS)  # fmt: skip
+    precision: str = _flag("auto", "--precision", PRECISION_HELP, choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:

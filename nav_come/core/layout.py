@@ -24,7 +24,6 @@ from pathlib import Path
 AE_DIR, BASE_DIR, LTM_DIR, DISTILLED_DIR = "ae", "base", "ltm", "distilled"
 EXPERTS = ("stm", "sltm", "ssm", "full")  # trained offline; the LTM is trained at test time
 POLICIES = ("gnm", "nomad")
-HEADS = ("pose", "collision")
 LABELS = {"ae": "autoencoder", "base": "world model", "stm": "STM expert", "sltm": "SLTM expert",
           "ssm": "SSM baseline", "full": "Full baseline", "gnm": "GNM", "nomad": "NoMaD",
           "pose": "pose head (the pose distance's)", "collision": "collision head"}  # fmt: skip

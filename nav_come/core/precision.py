@@ -112,8 +112,10 @@ def cpu_report() -> dict:
             "native_bf16": native_bf16("cpu")}  # fmt: skip
 
 
+PRECISION_HELP = ("bf16 autocast or fp32; auto: bf16 only where the CPU/GPU runs it natively "
+                  "(AVX-512-BF16, AMX, Arm BF16, CUDA)")
+
+
 def add_precision_arg(p) -> None:
     """The CLIs' ``--precision auto|fp32|bf16``."""
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="bf16 autocast or fp32; auto: bf16 only where the CPU/GPU runs it natively "
-                        "(AVX-512-BF16, AMX, Arm BF16, CUDA)")  # fmt: skip
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
