@@ -1,7 +1,9 @@
 """Plan 8 waypoints towards a goal image: ``python plan.py --goal img.png``.
 
 The context (the robot's last frames, oldest first) comes from ``--context``;
-without it, the shipped example context under ``examples/`` is used. The plan
+without it, the shipped example context of the world is used (``examples/`` for
+the maze, ``examples/outdoor/`` for ``--world outdoor``). ``--world`` also picks
+that world's shipped checkpoint (``checkpoints/<world>``) when ``--ckpt`` is not given. The plan
 is printed in spacing units and metres (x forward, y left, yaw CCW), with the
 chosen cost; a figure shows the context, the goal, the world model's imagined
 rollout of the plan and the waypoints from above.
@@ -22,7 +24,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "examples"
-DEFAULT_CKPT = ROOT / "checkpoints" / "maze"
+
+
+def example_folder(world: str) -> Path:
+    """The shipped example images of a world: ``examples/`` (maze) or ``examples/<world>/``."""
+    return EXAMPLES if world == "maze" else EXAMPLES / world
 
 
 def load_image(path: str, size: int) -> np.ndarray:
@@ -51,6 +57,7 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from nav_come.core.layout import WORLDS
     from planners.config import METHODS, add_plan_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -58,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--context", nargs="+", help="context images, oldest first (default: examples/context_*.png)")
     p.add_argument("--method", default="nwm",
                    help=f"{' | '.join(METHODS)} (nomad+: the world model ranks NoMaD's samples)")
-    p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint folder (ae/, base/, gnm/, nomad/)")
+    p.add_argument("--world", choices=WORLDS, help="simulator world: its shipped checkpoint and example (default maze)")
+    p.add_argument("--ckpt", help="checkpoint folder (ae/, base/, gnm/, nomad/; default checkpoints/<world>)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is faster when other jobs share the cores)")
@@ -87,14 +95,17 @@ def check_args(args) -> None:
 
 def run(args) -> dict:
     from nav_come.core.data.config import data_config
+    from nav_come.core.layout import checkpoint_world, pick_checkpoint
     from planners.config import plan_config_from_args
     from planners.methods import load_method
 
     method = args.method.lower()
     config = plan_config_from_args(args, data_config("nav_come_sim"))  # the shipped models' data: its CEM prior
-    planner = load_method(method, args.ckpt, args.device, config)
+    ckpt = pick_checkpoint(args.ckpt, world=args.world)
+    planner = load_method(method, ckpt, args.device, config)
     size, n_ctx = planner.image_size, planner.context_frames
-    paths = args.context or sorted(map(str, EXAMPLES.glob("context_*.png")))
+    examples = example_folder(args.world or checkpoint_world(ckpt) or "maze")
+    paths = args.context or sorted(map(str, examples.glob("context_*.png")))
     if len(paths) != n_ctx:
         raise ValueError(f"{len(paths)} context image(s) given; the model needs exactly {n_ctx} (oldest first)")
     context = np.stack([load_image(c, size) for c in paths])  # (C, H, W, 3)
@@ -104,13 +115,13 @@ def run(args) -> dict:
     res = planner(to_tensor(context)[None], to_tensor(goal), generator=gen, imagine=True)
     seconds = time.perf_counter() - start
     if not torch.isfinite(res.waypoints).all() or (res.cost is not None and not np.isfinite(res.cost)):
-        raise ValueError(f"the plan is not finite (cost {res.cost}): the checkpoint in {args.ckpt} may hold NaN or "
+        raise ValueError(f"the plan is not finite (cost {res.cost}): the checkpoint in {ckpt} may hold NaN or "
                          "infinite weights; retrain or restore it")  # fmt: skip
     spacing = data_config("nav_come_sim").metric_waypoint_spacing
     wp = res.waypoints.numpy().astype(float)
     wp_m = np.concatenate([wp[:, :2] * spacing, wp[:, 2:]], 1)
-    meta = EXAMPLES / "example.json"
-    example = args.context is None and Path(args.goal).resolve() == (EXAMPLES / "goal.png").resolve()
+    meta = examples / "example.json"
+    example = args.context is None and Path(args.goal).resolve() == (examples / "goal.png").resolve()
     truth = json.loads(meta.read_text())["true_waypoints"] if example and meta.is_file() else None
     return {"method": method, "precision": planner.precision, "waypoints": wp.round(4).tolist(),
             "waypoints_m": wp_m.round(4).tolist(), "cost": res.cost, "cost_name": res.cost_name,

@@ -52,13 +52,13 @@ import torch
 from tqdm import tqdm
 
 from eval import distributed
-from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from nav_come.core.checkpoint import CheckpointError
 from nav_come.core.data import DataFormatError, dataset_config, gt_waypoints, load_frames, poses, read_split, split_path
 from nav_come.core.data.config import add_data_args
 from nav_come.core.data.recon import data_fingerprint, read_trajectory
 from nav_come.core.geometry import se2_compose
 from nav_come.core.io import atomic_write_text
-from nav_come.core.layout import checkpoints_fingerprint
+from nav_come.core.layout import checkpoints_fingerprint, pick_checkpoint
 from nav_come.core.metrics import ate, rpe
 from nav_come.core.precision import resolve
 from nav_come.core.train_loop import Distributed
@@ -194,7 +194,7 @@ def summarise(records: list[dict]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python eval/ate_rpe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
-    p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT, help="checkpoint folder of every method")
+    p.add_argument("--ckpt", type=Path, help="the methods' checkpoint folder (default: checkpoints/<world of --data>)")
     p.add_argument("--methods", nargs="+", default=TABLE, help=" ".join(METHOD_NAMES))
     p.add_argument("--split", default="test")
     add_data_args(p)
@@ -334,6 +334,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.ckpt = pick_checkpoint(args.ckpt, args.data)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -300,11 +300,11 @@ def example_episode(image_size: int, context: int = 4) -> dict:
     (examples/goal.png). Without a working simulator: the example images and no history."""
     try:
         from envs.driver import Driver
-        from envs.example_data import EXAMPLE_T, EXAMPLE_WORLD
+        from envs.example_data import EXAMPLE_SEED, EXAMPLE_T
         from envs.occupancy import OccupancyMap
         from envs.sim import Simulator
 
-        t, sim = EXAMPLE_T, Simulator(EXAMPLE_WORLD, image_size)
+        t, sim = EXAMPLE_T["maze"], Simulator(("maze", EXAMPLE_SEED), image_size)
         try:  # the drive of envs.example_data.make_example_images
             frames, poses, _ = Driver(sim, OccupancyMap(sim.world), np.random.default_rng(0), "patrol").run(t + 9)
         finally:
@@ -321,7 +321,7 @@ def example_episode(image_size: int, context: int = 4) -> dict:
                 "source": f"examples/ images, no history (simulator unavailable: {type(err).__name__}: {err})"}
     x = _frames(frames)  # (t+9, 3, H, W)
     return {"context": x[None, t - context + 1 : t + 1], "goal": x[t + 8], "history": (x[: t + 1], poses[: t + 1]),
-            "source": f"examples/ episode re-driven in the simulator ({EXAMPLE_WORLD[0]} world {EXAMPLE_WORLD[1]}, "
+            "source": f"examples/ episode re-driven in the simulator (maze world {EXAMPLE_SEED}, "
                       f"patrol, rng 0): history frames 0..{t} with poses, context {t - context + 1}..{t}, "
                       f"goal {t + 8}"}  # fmt: skip
 

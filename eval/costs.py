@@ -41,11 +41,12 @@ import torch
 from tqdm import tqdm
 
 from eval.ate_rpe import load_sample, load_samples
-from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from nav_come.core.checkpoint import CheckpointError
 from nav_come.core.data import DataFormatError, dataset_config, poses, read_trajectory
 from nav_come.core.data.config import add_data_args
 from nav_come.core.geometry import se2_compose, waypoints_from_actions, wrap_angle
 from nav_come.core.io import atomic_write_text
+from nav_come.core.layout import pick_checkpoint
 from nav_come.core.metrics import ate, rpe
 from nav_come.core.precision import add_precision_arg, resolve, use_bf16
 from nav_come.distill import distilled_steps, distilled_world_model
@@ -127,7 +128,7 @@ def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cf
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python eval/costs.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/maze"))
-    p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT)
+    p.add_argument("--ckpt", type=Path, help="checkpoint folder (default: checkpoints/<world of --data>)")
     p.add_argument("--split", default="val", help="val (the default; choose settings here) or test")
     add_data_args(p)
     p.add_argument("--n-samples", type=int, default=40)
@@ -279,6 +280,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.ckpt = pick_checkpoint(args.ckpt, args.data)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -39,10 +39,10 @@ from tqdm import tqdm
 
 import envs  # noqa: F401  (registers the env)
 from eval.ate_rpe import METHOD_NAMES, check_resume, table_labels
-from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from nav_come.core.checkpoint import CheckpointError
 from nav_come.core.data import data_config
 from nav_come.core.io import atomic_write_text
-from nav_come.core.layout import checkpoints_fingerprint
+from nav_come.core.layout import checkpoints_fingerprint, pick_checkpoint
 from nav_come.core.precision import resolve
 from planners.config import add_plan_args, plan_config_from_args
 from planners.methods import MethodUnavailable, load_method
@@ -103,7 +103,7 @@ def save_gif(path: Path, frames: list[tuple[np.ndarray, np.ndarray]]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python eval/navigate.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=["GNM", "NoMaD", "NWM", "CoME"])
-    p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT)
+    p.add_argument("--ckpt", type=Path, help="checkpoint folder (default: checkpoints/<world>)")
     p.add_argument("--world", default="maze", choices=["maze", "outdoor"])
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--first-episode", type=int, default=0, help="run episodes K … K+episodes-1 (see above)")
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.ckpt = pick_checkpoint(args.ckpt, world=args.world)
     try:
         if args.episodes < 1 or args.first_episode < 0 or args.max_steps < 1 or args.gifs < 0:
             raise ValueError(f"--episodes and --max-steps must be >= 1, --first-episode and --gifs >= 0; got "

@@ -22,7 +22,8 @@ keep the mean finite. ``--json`` writes the contract other tools read::
 ``--split val`` evaluates the validation worlds instead: settings (alpha, sampler steps) are
 chosen there, never on the test split.
 
-Without ``--ckpt`` the shipped checkpoint (``checkpoints/maze``) is used. ``--distilled DIR`` (both
+Without ``--ckpt`` the shipped checkpoint of the data's world (``checkpoints/maze`` or
+``checkpoints/outdoor``, from its ``dataset.json``) is used. ``--distilled DIR`` (both
 modes) samples with the networks distilled for ``--steps`` DDIM steps in DIR (default: the fewest;
 :mod:`nav_come.distill`) in place of the base and the experts, and adds ``"distilled"`` and
 ``"sampler_steps"`` to the report: compare it with a run without it (the multi-step sampler).
@@ -61,10 +62,11 @@ import numpy as np
 import torch
 
 from eval import distributed, memory_table
-from nav_come.core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from nav_come.core.checkpoint import CheckpointError
 from nav_come.core.data import DataFormatError, TrajectoryDataset, dataset_config
 from nav_come.core.data.config import add_data_args
 from nav_come.core.io import atomic_write_bytes, atomic_write_text
+from nav_come.core.layout import SHIPPED_ROOT, pick_checkpoint
 from nav_come.core.metrics import lpips, lpips_available, psnr, ssim
 from nav_come.core.precision import add_precision_arg, resolve, use_bf16
 from nav_come.core.train_loop import Distributed
@@ -73,7 +75,7 @@ from nav_come.world_model import WorldModel
 from planners.methods import DEFAULT_NORMALISE, default_alphas, parse_alphas
 
 HORIZONS = (1, 2, 4, 8)
-MEMORY_DATA = SHIPPED_CHECKPOINT.parents[1] / "data" / "maze"  # --memory without --data
+MEMORY_DATA = SHIPPED_ROOT.parent / "data" / "maze"  # --memory without --data
 MEMORY_CONTEXTS = (50, 200, 512)  # frames; issue 5 reports 50, 200 and 500+
 PSNR_CAP = 100.0  # dB
 GRID_ROWS = 4  # samples shown in the PNG grid
@@ -100,7 +102,7 @@ METHODS: dict[str, Method] = {"world_model": world_model, "copy_last": copy_last
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python eval/predict.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="folder of RECON-format trajectory folders (--memory: default data/maze)")
-    p.add_argument("--ckpt", type=Path, default=SHIPPED_CHECKPOINT, help="world model folder (ae/ and base/)")
+    p.add_argument("--ckpt", type=Path, help="world model folder (ae/, base/; default: checkpoints/<world of --data>)")
     p.add_argument("--json", type=Path, help="write the rows here (see the contract above)")
     p.add_argument("--grid", type=Path, help="write a PNG grid of ground truth next to predictions")
     p.add_argument("--n-samples", type=int, default=256, help="test windows evaluated")
@@ -364,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if not args.memory and args.data is None:
         parser.error("the following arguments are required: --data")
+    args.ckpt = pick_checkpoint(args.ckpt, args.data if args.data is not None else MEMORY_DATA)
     try:
         dist = distributed.init(args.device)
     except ValueError as e:  # --device

@@ -36,6 +36,7 @@ import torch
 from nav_come.autoencoder import AEConfig, Autoencoder
 from nav_come.core.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_config, save_checkpoint
 from nav_come.core.data import dataset_config, load_frames, read_split, read_trajectory, split_path
+from nav_come.core.layout import data_world
 from nav_come.core.precision import autocast, bf16_flag, resolve
 from nav_come.core.train_loop import (
     Distributed,
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help=f"denoiser preset: {', '.join(DIT_PRESETS)}")
     p.add_argument("--stage", choices=("ae", "dit", "all"), default="all")
     p.add_argument("--ae", type=Path, help="autoencoder checkpoint for --stage dit (default OUT/ae)")
+    p.add_argument("--init", type=Path, help="base checkpoint whose weights start the denoiser stage (warm start)")
     p.add_argument("--steps", type=int, default=10000, help="denoiser optimiser steps in total")
     p.add_argument("--max-minutes", type=float, help="denoiser wall-clock budget of this run")
     p.add_argument("--batch-size", type=int, default=32, help="denoiser batch per process")
@@ -97,6 +99,7 @@ def _loop(args: argparse.Namespace, ae: bool) -> LoopConfig:
 def _metadata(args: argparse.Namespace, dist: Distributed, loop: LoopConfig) -> dict:
     return {
         "data": str(args.data),
+        "world": data_world(args.data),
         "dataset": args.dataset,
         "seed": args.seed,
         "batch_size": loop.batch_size * dist.world,
@@ -198,7 +201,14 @@ def prepare_dit(args: argparse.Namespace, dist: Distributed) -> functools.partia
     key = checkpoint_hash(ae_dir)
     spacing = dataset_config(args.data, args.dataset, args.spacing).metric_waypoint_spacing
     shape = dict(latent_channels=ae.config.latent_channels, latent_size=ae.config.latent_size)
-    config = _resume(last, "dit")[0] or dit_config(args.preset, context=args.context, max_shift=args.max_shift, **shape)
+    config = _resume(last, "dit")[0]
+    init = None
+    if config is None and args.init is not None:  # a resumed run keeps its own weights
+        init, init_meta = load_checkpoint(args.init, "dit")
+        if init_meta.get("ae_hash") not in (None, key):
+            print(f"warning: {args.init} was trained on another autoencoder's latents than {ae_dir}'s", file=sys.stderr)
+        config = init.config
+    config = config or dit_config(args.preset, context=args.context, max_shift=args.max_shift, **shape)
     if (config.latent_channels, config.latent_size) != tuple(shape.values()):
         raise CheckpointError(f"{last} was trained on other latents than {ae_dir}'s; delete {last} to restart")
     train = LatentWindowDataset(
@@ -214,6 +224,8 @@ def prepare_dit(args: argparse.Namespace, dist: Distributed) -> functools.partia
         test = LatentWindowDataset(_latents(args, dist, ae, key, "test"), config.context, config.max_shift, spacing)
     torch.manual_seed(args.seed)  # the initial weights follow --seed
     meta = {**_metadata(args, dist, loop), "ae": str(ae_dir), "ae_hash": key, "spacing": spacing}
+    if args.init is not None:
+        meta["init"] = str(args.init)
     meta["schedule"] = dataclasses.asdict(COSINE)
 
     def batch_of(data: LatentWindowDataset, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -234,7 +246,7 @@ def prepare_dit(args: argparse.Namespace, dist: Distributed) -> functools.partia
 
     val_fn = val_fn if test is not None else None
     desc = f"base expert ({config.preset})"
-    return functools.partial(fit, DiT(config), "dit", loss_fn, loop, dist, last, export, val_fn, desc)
+    return functools.partial(fit, init or DiT(config), "dit", loss_fn, loop, dist, last, export, val_fn, desc)
 
 
 def _fail(message: str) -> int:

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 from helpers import make_fake_dataset, make_fake_trajectory
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from nav_come.autoencoder import AEConfig, Autoencoder
 from nav_come.core.checkpoint import CONFIG, WEIGHTS
@@ -59,6 +59,19 @@ def test_resume_continues_exactly_where_it_stopped(run, data_dir, tmp_path):
     assert main([*args, *TINY]) == 0
     resumed, straight = load_file(run / "base" / WEIGHTS), load_file(fresh / "base" / WEIGHTS)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_warm_start_begins_at_the_given_weights(run, data_dir, tmp_path):
+    init = tmp_path / "init"
+    shutil.copytree(run / "base", init)
+    half = {k: v.half() for k, v in load_file(init / WEIGHTS).items()}  # weights stored in fp16 load too
+    save_file(half, init / WEIGHTS)
+    out = tmp_path / "warm"
+    args = ["--data", str(data_dir), "--out", str(out), "--stage", "dit", "--ae", str(run / "ae"), "--init", str(init)]
+    assert main([*args, "--steps", "1", "--lr", "1e-12", *TINY]) == 0  # ~no update: the export is the start
+    warm = load_file(out / "base" / WEIGHTS)
+    assert all(torch.allclose(warm[k], v.float(), atol=1e-6) for k, v in half.items())
+    assert metadata(out / "base")["init"] == str(init)
 
 
 @pytest.mark.parametrize(

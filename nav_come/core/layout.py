@@ -1,7 +1,8 @@
 """The one place that knows how a checkpoint folder is laid out, and how to make each part.
 
 A dataset's checkpoints live in one folder, the world model with every expert, policy and
-head beside it (``checkpoints/maze`` is the shipped one)::
+head beside it (``checkpoints/maze`` and ``checkpoints/outdoor`` are the shipped ones, one per
+simulator world; :func:`pick_checkpoint` chooses the one that matches a dataset)::
 
     <root>/ae/  <root>/base/           the world model: autoencoder and base expert (nav_come.train)
     <root>/stm/ <root>/sltm/           trained memory experts (nav_come.train_expert)
@@ -18,7 +19,9 @@ with the command that trains it.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 AE_DIR, BASE_DIR, LTM_DIR, DISTILLED_DIR = "ae", "base", "ltm", "distilled"
@@ -27,6 +30,10 @@ POLICIES = ("gnm", "nomad")
 LABELS = {"ae": "autoencoder", "base": "world model", "stm": "STM expert", "sltm": "SLTM expert",
           "ssm": "SSM baseline", "full": "Full baseline", "gnm": "GNM", "nomad": "NoMaD",
           "pose": "pose head (the pose distance's)", "collision": "collision head"}  # fmt: skip
+
+
+SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
+WORLDS = ("maze", "outdoor")  # the simulator's world families, each with its shipped checkpoint folder
 
 
 class MissingCheckpoint(RuntimeError):
@@ -103,3 +110,61 @@ def checkpoints_fingerprint(root: str | os.PathLike) -> str:
         else:  # settings alone (the LTM's)
             h.update(f"{part.relative_to(root)}:".encode() + config.read_bytes())
     return h.hexdigest()[:16]
+
+
+def shipped_checkpoint(world: str = "maze") -> Path:
+    """The shipped checkpoint folder of a simulator world (``checkpoints/<world>``)."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose one of {', '.join(WORLDS)}")
+    return SHIPPED_ROOT / world
+
+
+def _json(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def data_world(data: str | os.PathLike | None) -> str | None:
+    """The world family a dataset folder's ``dataset.json`` names (None: not a simulator dataset)."""
+    world = _json(Path(data) / "dataset.json").get("world") if data is not None else None
+    return world if isinstance(world, str) else None
+
+
+def checkpoint_world(root: str | os.PathLike) -> str | None:
+    """The world a checkpoint folder was trained on: the world its autoencoder's training data
+    names, else the shipped folder's name; None when unknown (e.g. real RECON data)."""
+    root = Path(root)
+    meta = _json(root / AE_DIR / "config.json").get("metadata") or {}
+    world = meta.get("world") or (data_world(meta["data"]) if isinstance(meta.get("data"), str) else None)
+    if world is None and root.resolve().parent == SHIPPED_ROOT.resolve() and root.name in WORLDS:
+        world = root.name
+    return world if isinstance(world, str) else None
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def pick_checkpoint(ckpt: str | os.PathLike | None, data: str | os.PathLike | None = None,
+                    world: str | None = None) -> Path:  # fmt: skip
+    """The checkpoint folder a CLI uses: ``ckpt`` when given, else the shipped one of ``world``,
+    else of the world ``data`` names, else the maze one. Prints one warning line when the
+    checkpoint was trained on another world than the data (or ``world``) holds."""
+    wanted = world or data_world(data)
+    if ckpt is None:
+        return shipped_checkpoint(wanted if wanted in WORLDS else "maze")
+    ckpt, trained = Path(ckpt), checkpoint_world(ckpt)
+    if wanted is not None and trained is not None and wanted != trained:
+        fix = f"--ckpt {_shown(shipped_checkpoint(wanted))}" if wanted in WORLDS else "a checkpoint trained on them"
+        print(
+            f"warning: {ckpt} was trained on {trained} worlds, but the data holds {wanted} worlds; use {fix}",
+            file=sys.stderr,
+        )
+    return ckpt
