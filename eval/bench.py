@@ -9,7 +9,8 @@
     python -m eval.bench precision [--precision auto fp32 bf16] [--repeats 3]   # one plan per precision, interleaved
 
 ``plan`` times one CEM plan of each CEM method (NWM, CoME, NWM+STM, NWM+LTM) under the NWM
-preset (120 candidates × 3 rollouts × 8 steps) for each sampler step count: the median wall
+paper protocol's search (``--search paper``: 120 candidates × 3 rollouts × 8 steps; so does
+``precision``) for each sampler step count: the median wall
 time of ``--plans`` plans after a warm-up, its split (encode, denoise, decode, cost, and the
 CEM's own bookkeeping), the denoiser forward passes of a plan with their batch sizes, with
 branch batching (``forwards_per_plan``) and without it (``forwards_unbatched``: one forward per
@@ -41,7 +42,7 @@ import numpy as np
 
 from nav_come.core.io import atomic_write_text
 from nav_come.core.precision import PRECISIONS
-from planners.methods import CEM_LABELS, TABLE
+from planners.config import CEM_LABELS, REGISTRY
 
 
 def machine() -> str:
@@ -281,7 +282,8 @@ def format_memory(out: dict) -> str:
 # ---------------------------------------------------------------------- planning
 
 PLAN_STEPS = (1, 2, 4, 8, 16)  # sampler steps per prediction, one row each
-PLAN_METHODS = tuple(m for m in CEM_LABELS if m in TABLE)  # NWM, CoME, NWM+STM, NWM+LTM: the default rows
+# NWM, CoME, NWM+STM, NWM+LTM: the default rows ("NWM (paper protocol)" is NWM here: these plans use its search)
+PLAN_METHODS = tuple(m.label for m in REGISTRY.values() if m.kind == "cem" and m.table and m.search is None)
 DISTILLED_STEPS = (1, 2)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -469,7 +471,8 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
     from planners.timing import PlanTimer
 
     cfg = cem.CEMConfig(n_candidates=candidates, top_k=min(cem.CEMConfig.top_k, candidates))
-    kwargs = {"device": device, "cem_config": cfg, "rollouts": rollouts, "sampler_steps": DEFAULT_SAMPLER_STEPS}
+    kwargs = {"device": device, "cem_config": cfg, "rollouts": rollouts, "sampler_steps": DEFAULT_SAMPLER_STEPS,
+              "search": "paper"}  # NWM's protocol: candidates x rollouts, the forwards this report counts
     planners, skipped = {}, {}
     for m in methods:
         try:
@@ -506,7 +509,8 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
             "episode": episode["source"] if episode else None,
             "protocol": {"candidates": cfg.n_candidates, "top_k": cfg.top_k, "iterations": cfg.iterations,
                          "horizon": cfg.horizon, "rollouts": rollouts, "plans_per_row": plans,
-                         "distance": first.distance.name if first else None, "ckpt": str(ckpt)}}  # fmt: skip
+                         "distance": first.distance.name if first else None, "ckpt": str(ckpt),
+                         "search": "paper"}}  # fmt: skip
 
 
 def format_plan_table(rows: list[dict]) -> str:
@@ -538,7 +542,7 @@ def bench_precision(ckpt, precisions=("auto", "fp32", "bf16"), repeats: int = 3,
 
     from planners.methods import load_method
 
-    planners = {p: load_method(method, ckpt, precision=p) for p in dict.fromkeys(precisions)}
+    planners = {p: load_method(method, ckpt, precision=p, search="paper") for p in dict.fromkeys(precisions)}
     first = next(iter(planners.values()))
     episode = example_episode(first.image_size, first.context_frames)
     seconds: dict[str, list[float]] = {p: [] for p in planners}

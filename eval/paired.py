@@ -1,6 +1,6 @@
 """Paired differences between two methods' per-sample results kept by ``eval/ate_rpe.py --resume``.
 
-    python -m eval.paired runs/gpu100/CoME runs/gpu100/NWM [--seed 0]
+    python -m eval.paired runs/gpu100/CoME runs/gpu100/NWM [--seed 0] [--json paired.json]
 
 Each folder holds ``<i>.json`` per sample (``err``: ATE/RPE per seed). Over the samples both
 folders have, it prints the mean of (A - B) and its standard error, for ATE and RPE, each
@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from nav_come.core.io import atomic_write_text
 
 
 def records(folder: Path) -> dict[int, np.ndarray]:
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", type=Path, help="--resume DIR/<method> of method A")
     p.add_argument("b", type=Path, help="--resume DIR/<method> of method B")
     p.add_argument("--seed", type=int, help="seed index to compare (default: the mean over seeds)")
+    p.add_argument("--json", type=Path, help="also write the difference here, with the two methods' names")
     args = p.parse_args(argv)
     try:
         r = paired(records(args.a), records(args.b), args.seed)
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{args.a.name} - {args.b.name}: n={r['n']}  ATE {r['ate']:+.3f} ± {r['ate_se']:.3f}  "
           f"RPE {r['rpe']:+.3f} ± {r['rpe_se']:.3f}  (± one standard error)")
+    if args.json:
+        record = {"a": args.a.name, "b": args.b.name, "seed": args.seed, **r}
+        atomic_write_text(args.json, json.dumps(record, indent=2, allow_nan=False) + "\n")
     return 0
 
 

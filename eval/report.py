@@ -107,18 +107,33 @@ def seeded_val(results: Path) -> str:
     return "\n".join(lines)
 
 
-def seeded_test(results: Path) -> str:
-    """The chosen seeded search on the test split beside the policies (mean ± std over seeds)."""
+def ate_table(results: Path, name: str) -> str:
+    """An ``eval/ate_rpe.py`` JSON's rows with their search (mean ± std over seeds)."""
     lines = ["| method | search | ATE | RPE | ATE (m) | RPE (m) | samples × seeds | s/plan | in wall |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    report = _load(results, "planning_test/test100_seeded.json")
-    seeds = len(report["protocol"]["seeds"])
+    report = _load(results, name)
+    seeds, search = len(report["protocol"]["seeds"]), report["protocol"].get("search", "paper")
     for r in report["rows"]:
-        how = "seeded (chosen on validation)" if r["method"] == "NWM" else "-"
+        if r["method"] in ("GNM", "NoMaD"):
+            how = "-"
+        elif r["method"] == "NWM (paper protocol)" or search == "paper":
+            how = "paper protocol"
+        else:
+            how = "seeded (chosen on validation)"
         lines.append(f"| {r['method']} | {how} | {r['ate']:.3f} ± {r['ate_std']:.3f} | {r['rpe']:.3f} ± "
                      f"{r['rpe_std']:.3f} | {r['ate_m']:.3f} | {r['rpe_m']:.3f} | {r['n']} × {seeds} | "
                      f"{r['s_per_plan']:.1f} | {r.get('plan_collision', float('nan')):.2f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def seeded_test(results: Path) -> str:
+    """The chosen seeded search on the maze test split beside the policies."""
+    return ate_table(results, "planning_test/test100_seeded.json")
+
+
+def outdoor_test(results: Path) -> str:
+    """The same methods on the outdoor test split, with the outdoor checkpoints."""
+    return ate_table(results, "planning_outdoor/test100_seeded.json")
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
@@ -128,6 +143,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "precision-bench-plan": precision_bench_plan,
     "seeded-val": seeded_val,
     "seeded-test": seeded_test,
+    "outdoor-test": outdoor_test,
 }
 
 

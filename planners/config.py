@@ -54,7 +54,7 @@ REGISTRY = {m.key: m for m in (
     Method("gnm", "GNM", "policy"),
     Method("nomad", "NoMaD", "policy"),
     Method("nwm", "NWM", "cem"),
-    Method("nwm-paper", "NWM (paper protocol)", "cem", search="paper", table=False),
+    Method("nwm-paper", "NWM (paper protocol)", "cem", search="paper"),
     Method("come", "CoME", "cem", ("stm", "ltm", "sltm")),
     Method("nwm+stm", "NWM+STM", "cem", ("stm",)),
     Method("nwm+ltm", "NWM+LTM", "cem", ("ltm",)),
@@ -113,8 +113,9 @@ class PlanConfig:
     length_weight: float = _flag(0.0, "--length-weight", "CEM cost per spacing unit of path", type=float)
     collision_weight: float = _flag(0.0, "--collision-weight", "CEM cost per metre of collision risk (needs "
                                     "CKPT/collision, planners.collision)", type=float)  # fmt: skip
-    search: str = _flag("paper", "--search", "world-model methods: paper (NWM's CEM from its prior) or seeded "
-                        "(CEM seeded with NoMaD's samples and GNM's prediction, refined per step)",
+    search: str = _flag("seeded", "--search", "world-model methods: seeded (default: CEM seeded with NoMaD's samples "
+                        "and GNM's prediction, refined per step; needs CKPT/gnm and CKPT/nomad) or paper (NWM's CEM "
+                        "from its prior)",
                         choices=SEARCHES)  # fmt: skip
     proposals_nomad: int = _flag(16, "--proposals-nomad", "seeded: NoMaD samples in the first population", type=int)
     proposals_gnm: int = _flag(8, "--proposals-gnm", "seeded: GNM's prediction and its noisy copies", type=int)

@@ -195,8 +195,9 @@ def seeded_search(layout: CheckpointLayout, config: PlanConfig, cem_config: cem.
     """The proposer (NoMaD's samples, GNM's prediction) and SeededConfig of ``config.search == "seeded"``."""
     from planners.policy_common import load_policy
 
-    nomad = load_policy(layout.need("nomad"), device=device) if config.proposals_nomad else None
-    gnm = load_policy(layout.need("gnm"), device=device) if config.proposals_gnm else None
+    why = "the seeded search proposes with it; --search paper plans without the policies"
+    nomad = load_policy(layout.need("nomad", f"NoMaD ({why})"), device=device) if config.proposals_nomad else None
+    gnm = load_policy(layout.need("gnm", f"GNM ({why})"), device=device) if config.proposals_gnm else None
     proposer = PolicyProposals(nomad, gnm, config.proposals_nomad, config.proposals_gnm)
     seeded = cem.SeededConfig(cem_config, config.prior_draws, config.refine, cem_config.top_k, config.seeded_iterations)
     return {"proposer": proposer, "seeded": seeded}

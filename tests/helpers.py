@@ -87,3 +87,16 @@ def make_fake_dataset(
     meta = {"name": "nav_come_sim", "metric_waypoint_spacing": spacing, "rate_hz": 4.0}
     (data_dir / "dataset.json").write_text(json.dumps(meta))
     return out
+
+
+def add_tiny_policies(ckpt: str | Path, seed: int = 0) -> Path:
+    """Untrained tiny GNM and NoMaD (32x32 frames) in ``ckpt/{gnm,nomad}``: the proposals that
+    the default (seeded) search of a world-model method starts from."""
+    import torch
+
+    from planners.policy_common import builtin_policies
+
+    torch.manual_seed(seed)
+    for name, cls in builtin_policies().items():
+        cls(cls.make_config("tiny")).save(Path(ckpt) / name)
+    return Path(ckpt)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_fake_dataset
+from helpers import add_tiny_policies, make_fake_dataset
 from test_world_model import SIZE, tiny_world_model
 
 from eval import ate_rpe
@@ -17,6 +17,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ate")
     make_fake_dataset(root / "data", {"train": 1, "test": 2}, T=30, H=SIZE)
     tiny_world_model().save(root / "ckpt")
+    add_tiny_policies(root / "ckpt")
     return root
 
 

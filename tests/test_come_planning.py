@@ -40,7 +40,8 @@ def setup(tmp_path_factory):
 
 def planner(setup, name: str = "come", ckpt: str = "ckpt") -> WorldModelPlanner:
     cfg = cem.CEMConfig(n_candidates=6, top_k=2)
-    return load_method(name, setup["root"] / ckpt, cem_config=cfg, distance="dssim", sampler_steps=2, rollouts=2)
+    return load_method(name, setup["root"] / ckpt, cem_config=cfg, distance="dssim", sampler_steps=2, rollouts=2,
+                       search="paper")  # fmt: skip
 
 
 def plan(p: WorldModelPlanner, setup, t: int = 40, **kw) -> PlanResult:

@@ -41,7 +41,7 @@ def test_a_distance_row_is_the_planners_answer(setup, distance, tmp_path):
     assert set(rows) >= {"dssim", "dssim_half", "pixel_mse", "latent_mse", "prior mean (blind)", "oracle top-5"}
     assert all(-1 <= rows[k]["spearman"] <= 1 for k in ("dssim", "latent_mse"))
     args = ate_rpe.build_parser().parse_args([*common, *FAST, "--methods", "NWM", "--seeds", "0", "--iterations",
-                                              "1", "--distance", distance])  # fmt: skip
+                                              "1", "--distance", distance, "--search", "paper"])  # fmt: skip
     nwm = ate_rpe.run(args)["rows"][0]
     assert rows[distance]["ate"] == pytest.approx(nwm["ate"], abs=1e-6)
     assert rows[distance]["rpe"] == pytest.approx(nwm["rpe"], abs=1e-6)

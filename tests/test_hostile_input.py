@@ -108,13 +108,13 @@ def test_resume_refuses_regenerated_data_and_retrained_weights(tmp_path, capsys)
     """The same --data and --ckpt paths with other content: refused with the input named."""
     import shutil
 
-    from helpers import make_fake_dataset
+    from helpers import add_tiny_policies, make_fake_dataset
     from test_world_model import SIZE, tiny_world_model
 
     from eval import ate_rpe
 
     make_fake_dataset(tmp_path / "data", {"train": 1, "test": 2}, T=30, H=SIZE)
-    tiny_world_model().save(tmp_path / "ckpt")
+    add_tiny_policies(tiny_world_model().save(tmp_path / "ckpt"))
     args = ["--data", str(tmp_path / "data"), "--ckpt", str(tmp_path / "ckpt"), "--methods", "NWM", "--seeds", "0",
             "--n-samples", "1", *FAST, "--steps", "1", "--resume", str(tmp_path / "keep")]  # fmt: skip
     assert ate_rpe.main(args) == 0
@@ -127,7 +127,7 @@ def test_resume_refuses_regenerated_data_and_retrained_weights(tmp_path, capsys)
     assert len(err) == 1 and "the data at --data changed" in err[0]
     shutil.rmtree(tmp_path / "data")
     make_fake_dataset(tmp_path / "data", {"train": 1, "test": 2}, T=30, H=SIZE)  # the original again
-    tiny_world_model(seed=1).save(tmp_path / "ckpt")  # retrained
+    add_tiny_policies(tiny_world_model(seed=1).save(tmp_path / "ckpt"))  # retrained
     assert ate_rpe.main(args) == 2
     assert "the checkpoints changed" in capsys.readouterr().err
 

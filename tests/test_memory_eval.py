@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import make_fake_dataset
+from helpers import add_tiny_policies, make_fake_dataset
 from test_dit import perturb
 from test_experts import LATENT, episode, query
 from test_world_model import tiny_world_model
@@ -27,10 +27,13 @@ TRAINED = {
 }
 
 
-def tiny_memory_ckpt(folder, experts=tuple(TRAINED), ltm: bool = True):
-    """A tiny world model with random experts beside it, and the LTM's settings only (no weights)."""
+def tiny_memory_ckpt(folder, experts=tuple(TRAINED), ltm: bool = True, policies: bool = True):
+    """A tiny world model with random experts beside it, the LTM's settings only (no weights), and
+    with ``policies`` untrained tiny GNM and NoMaD (the seeded search's proposals)."""
     wm = tiny_world_model()
     wm.save(folder)
+    if policies:
+        add_tiny_policies(folder)
     for i, kind in enumerate(experts):
         expert = TRAINED[kind](wm.dit)
         perturb(expert.network, i + 1)  # memory pathways included: the experts differ from the base

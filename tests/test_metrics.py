@@ -1,3 +1,4 @@
+import json
 import math
 import os
 
@@ -128,3 +129,15 @@ def test_paired_differences_against_hand_computed_values():
     r = paired(a, b)
     assert r["n"] == 2 and r["ate"] == 1.5 and r["rpe"] == 0.25
     assert np.isclose(r["ate_se"], np.std([1.0, 2.0], ddof=1) / np.sqrt(2))
+
+
+def test_paired_cli_writes_the_difference_as_json(tmp_path):
+    from eval.paired import main
+
+    for method, errs in (("A", [[1.0, 0.5], [2.0, 0.5]]), ("B", [[0.0, 0.5], [0.0, 0.0]])):
+        (tmp_path / method).mkdir()
+        for i, e in enumerate(errs):
+            (tmp_path / method / f"{i}.json").write_text(json.dumps({"err": [e]}))
+    assert main([str(tmp_path / "A"), str(tmp_path / "B"), "--json", str(tmp_path / "d.json")]) == 0
+    got = json.loads((tmp_path / "d.json").read_text())
+    assert (got["a"], got["b"], got["n"], got["ate"], got["rpe"]) == ("A", "B", 2, 1.5, 0.25)

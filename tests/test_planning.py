@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import add_tiny_policies
 from test_world_model import SIZE, tiny_world_model
 
 import plan
@@ -106,7 +107,7 @@ def test_world_model_planner_returns_a_plan_and_its_rollout():
 def tiny_ckpt(tmp_path):
     wm = tiny_world_model()
     wm.save(tmp_path / "ckpt")
-    return tmp_path / "ckpt"
+    return add_tiny_policies(tmp_path / "ckpt")
 
 
 def _write(path, img):

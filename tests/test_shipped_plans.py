@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "data" / "shipped_plans.json"
 METHODS = ("nwm", "come", "nwm+stm", "nwm+ltm", "nomad+nwm", "nomad+come", "gnm", "nomad")
-SETTINGS = {"candidates": 24, "top_k": 4, "rollouts": 2, "precision": "fp32", "seed": 0}
+SETTINGS = {"candidates": 24, "top_k": 4, "rollouts": 2, "precision": "fp32", "seed": 0, "search": "paper"}
 
 
 def shipped_plans(methods=METHODS) -> dict:
@@ -39,7 +39,7 @@ def shipped_plans(methods=METHODS) -> dict:
     episode, out = None, {}
     for name in methods:
         planner = load_method(name, SHIPPED_CHECKPOINT, cem_config=cfg, rollouts=SETTINGS["rollouts"],
-                              precision=SETTINGS["precision"])  # fmt: skip
+                              precision=SETTINGS["precision"], search=SETTINGS["search"])  # fmt: skip
         if episode is None:
             episode = example_episode(64, 4)
         if getattr(planner, "uses_memory", hasattr(planner, "observe")) and episode["history"] is not None:

@@ -66,8 +66,9 @@ def test_the_outdoor_checkpoint_stores_half_precision_and_loads_as_fp32():
 
 def test_plan_cli_world_outdoor_uses_its_checkpoint_and_example(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    rc = plan.main(["--world", "outdoor", "--goal", "examples/outdoor/goal.png", "--candidates", "6",
-                    "--rollouts", "1", "--iterations", "1", "--json", str(out), "--figure", str(tmp_path / "p.png")])  # fmt: skip
+    small = ["--rollouts", "1", "--proposals-nomad", "4", "--proposals-gnm", "2", "--refine", "4"]
+    rc = plan.main(["--world", "outdoor", "--goal", "examples/outdoor/goal.png", *small, "--json", str(out),
+                    "--figure", str(tmp_path / "p.png")])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
     assert "true motion" in printed  # the outdoor example's own truth, from examples/outdoor/example.json
