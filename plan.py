@@ -78,8 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args) -> None:
     """Refuse what would fail, or silently mislead, only after the plan: one ValueError line."""
+    from nav_come.core.train_loop import check_device
+
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    args.device = check_device(args.device, indexed=True)
     for flag, path in (("--figure", args.figure), ("--json", args.json)):
         if path is None:
             continue

@@ -82,7 +82,7 @@ def load_samples(data: Path, split: str, split_dir, dataset, n: int | None, seed
     """The evaluation samples: [{"traj", "t"}], the first ``n`` after a fixed shuffle."""
     index = split_path(data, split, split_dir, dataset).parent / "navigation_eval.json"
     if index.is_file():
-        samples = json.loads(index.read_text())
+        samples = _read_index(index)
     else:  # a dataset without our index (e.g. real RECON): every 8th step of every trajectory
         samples = []
         for name in read_split(split_path(data, split, split_dir, dataset)):
@@ -92,10 +92,28 @@ def load_samples(data: Path, split: str, split_dir, dataset, n: int | None, seed
     return [samples[i] for i in (order[:n] if n else order)]
 
 
+def _read_index(index: Path) -> list[dict]:
+    """The samples of a ``navigation_eval.json``; DataFormatError naming the file when it is not a
+    list of {"traj": name, "t": step}."""
+    try:
+        samples = json.loads(index.read_text())
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{index} is not valid JSON ({err}); fix it or delete it to use every 8th step") from err
+    good = isinstance(samples, list) and all(
+        isinstance(s, dict) and isinstance(s.get("traj"), str) and type(s.get("t")) is int for s in samples)
+    if not good:
+        raise DataFormatError(f'{index} must be a list of {{"traj": name, "t": step}}; fix it or delete it '
+                              "to use every 8th step")  # fmt: skip
+    return samples
+
+
 def load_sample(data: Path, sample: dict, spacing: float, image_size: int) -> dict:
     """Context (1, 4, 3, H, W), goal (3, H, W) in [0, 1] and GT waypoints (8, 3) in spacing units."""
     t, folder = sample["t"], data / sample["traj"]
     tr = read_trajectory(folder, load_images=False)
+    if not CONTEXT - 1 <= t < len(tr) - GOAL:
+        raise DataFormatError(f"sample {sample} needs frames {t - CONTEXT + 1}..{t + GOAL}, but {folder} has "
+                              f"frames 0..{len(tr) - 1}; fix its \"t\" in navigation_eval.json")  # fmt: skip
     frames = load_frames(folder, [*range(t - CONTEXT + 1, t + 1), t + GOAL], image_size)  # (5, H, W, 3)
     x = torch.from_numpy(frames).float().div(255).movedim(-1, -3)  # (5, 3, H, W)
     return {"context": x[None, :CONTEXT], "goal": x[CONTEXT],
@@ -113,7 +131,10 @@ def load_history(data: Path, sample: dict, history: int, image_size: int) -> tup
 
 
 def _load_record(path: Path) -> dict:
-    r = json.loads(path.read_text())
+    try:
+        r = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"kept result {path} is not valid JSON ({err}); delete it to redo that sample") from err
     return {**r, "err": np.asarray(r["err"], np.float64), "pred": np.asarray(r["pred"], np.float32)}
 
 

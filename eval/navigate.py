@@ -44,6 +44,7 @@ from nav_come.core.data import data_config
 from nav_come.core.io import atomic_write_text
 from nav_come.core.layout import checkpoints_fingerprint, pick_checkpoint
 from nav_come.core.precision import resolve
+from nav_come.core.train_loop import check_device
 from planners.config import add_plan_args, plan_config_from_args
 from planners.methods import MethodUnavailable, load_method
 from planners.mpc import MPC, TrackingController
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--episodes and --max-steps must be >= 1, --first-episode and --gifs >= 0; got "
                              f"{args.episodes}, {args.max_steps}, {args.first_episode}, {args.gifs}")  # fmt: skip
         args.methods = table_labels(args.methods)
+        args.device = check_device(args.device, indexed=True)
         config = plan_config_from_args(args, data_config("nav_come_sim"))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

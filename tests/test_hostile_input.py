@@ -179,3 +179,45 @@ def test_sigterm_stops_the_collection_workers_too(tmp_path):
     written = sorted(p.name for p in out.iterdir())
     time.sleep(3)
     assert sorted(p.name for p in out.iterdir()) == written  # no late writes
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line_naming_the_build(tiny, capsys):
+    rc, _, err = run(["--goal", GOAL, "--ckpt", str(tiny), *FAST, "--device", "cuda"], capsys)
+    assert rc == 2 and len(err) == 1 and "sees no CUDA device; use --device cpu" in err[0] and "re-export" not in err[0]
+    assert navigate.main(["--episodes", "1", "--methods", "GNM", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sees no CUDA device" in err[0]
+    rc, _, err = run(["--goal", GOAL, "--ckpt", str(tiny), *FAST, "--device", "gpu"], capsys)
+    assert rc == 2 and "--device must be cpu, cuda, cuda:N or auto" in err[0]
+
+
+def test_bad_sample_files_name_the_file(tmp_path, capsys):
+    """An invalid navigation_eval.json, a sample past the end of its trajectory and a truncated
+    kept result: one line each, naming the file."""
+    from helpers import add_tiny_policies, make_fake_dataset
+    from test_world_model import SIZE, tiny_world_model
+
+    from eval import ate_rpe
+
+    names = make_fake_dataset(tmp_path / "data", {"train": 1, "test": 2}, T=30, H=SIZE)
+    add_tiny_policies(tiny_world_model().save(tmp_path / "ckpt"))
+    index = tmp_path / "data" / "splits" / "test" / "navigation_eval.json"
+    args = ["--data", str(tmp_path / "data"), "--ckpt", str(tmp_path / "ckpt"), "--methods", "GNM", "--seeds", "0",
+            "--n-samples", "1", "--resume", str(tmp_path / "keep")]  # fmt: skip
+    for text, match in (("[{\"traj\": ", "is not valid JSON"), ('{"traj": "x"}', 'must be a list of {"traj"'),
+                        (json.dumps([{"traj": names["test"][0], "t": 25}]), "needs frames 22..33")):  # fmt: skip
+        index.write_text(text)
+        capsys.readouterr()
+        assert ate_rpe.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+        assert str(index) in err[0] or names["test"][0] in err[0]
+    index.write_text(json.dumps([{"traj": names["test"][0], "t": 10}]))
+    assert ate_rpe.main(args) == 0
+    record = next((tmp_path / "keep" / "GNM").glob("[0-9]*.json"))
+    record.write_text(record.read_text()[:20])  # truncated by hand
+    capsys.readouterr()
+    assert ate_rpe.main(args) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "plan/s" not in line]  # less progress
+    assert len(err) == 1 and str(record) in err[0] and "delete it" in err[0]

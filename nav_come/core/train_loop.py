@@ -111,17 +111,30 @@ class Distributed:
             tdist.barrier()
 
 
+def check_device(device: str, indexed: bool = False) -> str:
+    """``device`` ("auto": CUDA when available) as "cpu" or "cuda" (with ``indexed``, also
+    "cuda:N"); ValueError, one line with the fix, for anything else or for CUDA that torch lacks."""
+    kinds = "cpu, cuda, cuda:N or auto" if indexed else "cpu, cuda or auto"
+    name, _, index = device.partition(":")
+    if name not in ("auto", "cpu", "cuda") or (index and not (indexed and name == "cuda" and index.isdigit())):
+        raise ValueError(f"--device must be {kinds}, got {device!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(f"--device {device} was asked for but torch {torch.__version__} ({build}) sees no CUDA "
+                         "device; use --device cpu")  # fmt: skip
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def setup_distributed(device: str = "auto") -> Distributed:
     """Read torchrun's environment; init the process group when WORLD_SIZE > 1.
 
     device: "auto" (CUDA when available), "cpu" or "cuda" (see :func:`cuda_placement`).
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be cpu, cuda or auto, got {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    device = check_device(device)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     dev, backend = torch.device("cpu"), "gloo"
     if device == "cuda":

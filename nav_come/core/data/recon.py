@@ -206,6 +206,9 @@ def _check_poses(pkl: Path, position: np.ndarray, yaw: np.ndarray) -> None:
     T = len(position)
     if yaw.shape == (T, 1):
         raise DataFormatError(f"{pkl}: yaw has shape (T,1); the RECON format needs shape (T,) — squeeze it")
+    if yaw.ndim == 1 and len(yaw) != T:
+        raise DataFormatError(f"{pkl}: position has {T} steps but yaw has {len(yaw)}; the RECON format needs "
+                              "one position and one yaw per frame")  # fmt: skip
     if yaw.shape != (T,):
         raise DataFormatError(f"{pkl}: yaw has shape {yaw.shape}; the RECON format needs shape (T,) = ({T},)")
     for key, arr in (("position", position), ("yaw", yaw)):
