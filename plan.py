@@ -1,6 +1,10 @@
-"""Plan 8 waypoints towards a goal image: ``python plan.py --goal img.png``.
+"""Plan 8 waypoints towards a goal image: ``python plan.py --goal img.png [--history DIR]``.
 
-The context (the robot's last frames, oldest first) comes from ``--context``;
+``--history DIR`` is the episode so far, a RECON-format trajectory folder (frames and
+poses; ``--until T`` stops it at frame T): a memory method such as CoME memorises it and
+recalls from it, and its last frames are the context. With a history the method defaults
+to CoME, and NWM plans too for comparison; ``examples/episode`` is the shipped example's.
+Otherwise the context (the robot's last frames, oldest first) comes from ``--context``;
 without it, the shipped example context of the world is used (``examples/`` for
 the maze, ``examples/outdoor/`` for ``--world outdoor``). ``--world`` also picks
 that world's shipped checkpoint (``checkpoints/<world>``) when ``--ckpt`` is not given. The plan
@@ -63,8 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--goal", required=True, help="goal image (PNG/JPEG, RGB)")
     p.add_argument("--context", nargs="+", help="context images, oldest first (default: examples/context_*.png)")
-    p.add_argument("--method", default="nwm",
-                   help=f"{' | '.join(METHODS)} (nomad+: the world model ranks NoMaD's samples)")
+    p.add_argument("--method", help=f"{' | '.join(METHODS)} (nomad+: the world model ranks NoMaD's samples; "
+                   "default: come with --history, else nwm)")
+    p.add_argument("--history", help="RECON-format trajectory folder of the episode so far (frames, traj_data.pkl)")
+    p.add_argument("--until", type=int, help="--history: the last frame observed (default: its last)")
     p.add_argument("--world", choices=WORLDS, help="simulator world: its shipped checkpoint and example (default maze)")
     p.add_argument("--ckpt", help="checkpoint folder (ae/, base/, gnm/, nomad/; default checkpoints/<world>)")
     p.add_argument("--device", default="cpu")
@@ -91,9 +97,52 @@ def check_args(args) -> None:
             parent = parent.parent
         if Path(path).is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
             raise ValueError(f"{flag} {path!r} cannot be written; pass a file path in a writable folder")
+    if args.history is not None and not Path(args.history).is_dir():
+        raise ValueError(f"--history {args.history!r} is not a folder; pass a RECON-format trajectory folder")
+    if args.until is not None and (args.history is None or args.until < 0):
+        raise ValueError(f"--until needs --history and a frame index >= 0, got {args.until}")
     for c in args.context or []:
         if not Path(c).is_file():
             raise ValueError(f"context image {c!r} does not exist; pass the paths of the context frames, oldest first")
+
+
+def load_history(folder: str, until: int | None, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Frames (T, H, W, 3) uint8 and world poses (T, 3) of a RECON trajectory folder up to frame
+    ``until`` (default: its last), and that frame's index."""
+    from nav_come.core.data import load_frames, poses, read_trajectory
+
+    tr = read_trajectory(folder, load_images=False)
+    last = len(tr) - 1 if until is None else until
+    if last >= len(tr):
+        raise ValueError(f"--until {until} is past the end of {folder} (frames 0..{len(tr) - 1})")
+    return load_frames(folder, range(last + 1), size), poses(tr.position, tr.yaw)[: last + 1], last
+
+
+def plan_once(planner, context: np.ndarray, goal: np.ndarray, history, seed: int, ckpt) -> tuple:
+    """One plan of ``planner`` (after it observes ``history``: frames, poses) and its seconds."""
+    if history is not None:
+        planner.observe(to_tensor(history[0]), history[1])
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    res = planner(to_tensor(context)[None], to_tensor(goal), generator=gen, imagine=True)
+    seconds = time.perf_counter() - start
+    if not torch.isfinite(res.waypoints).all() or (res.cost is not None and not np.isfinite(res.cost)):
+        raise ValueError(f"the plan is not finite (cost {res.cost}): the checkpoint in {ckpt} may hold NaN or "
+                         "infinite weights; retrain or restore it")  # fmt: skip
+    return res, seconds
+
+
+def example_truth(args, examples: Path, history_end: int | None) -> list | None:
+    """The shipped example's true motion, when the plan is of that example (its goal, and its
+    context images or its own episode up to the example's step)."""
+    meta = examples / "example.json"
+    if args.context is not None or not meta.is_file() or Path(args.goal).resolve() != (examples / "goal.png").resolve():
+        return None
+    example = json.loads(meta.read_text())
+    if args.history is not None and (Path(args.history).resolve() != (examples / "episode").resolve()
+                                     or history_end != example["t"]):  # fmt: skip
+        return None
+    return example["true_waypoints"]
 
 
 def run(args) -> dict:
@@ -102,43 +151,51 @@ def run(args) -> dict:
     from planners.config import plan_config_from_args
     from planners.methods import load_method
 
-    method = args.method.lower()
+    method = (args.method or ("come" if args.history else "nwm")).lower()
     config = plan_config_from_args(args, data_config("nav_come_sim"))  # the shipped models' data: its CEM prior
     ckpt = pick_checkpoint(args.ckpt, world=args.world)
     planner = load_method(method, ckpt, args.device, config)
     size, n_ctx = planner.image_size, planner.context_frames
     examples = example_folder(args.world or checkpoint_world(ckpt) or "maze")
-    paths = args.context or sorted(map(str, examples.glob("context_*.png")))
-    if len(paths) != n_ctx:
-        raise ValueError(f"{len(paths)} context image(s) given; the model needs exactly {n_ctx} (oldest first)")
-    context = np.stack([load_image(c, size) for c in paths])  # (C, H, W, 3)
+    history = load_history(args.history, args.until, size) if args.history else None
+    if args.context is None and history is not None:
+        if len(history[0]) < n_ctx:
+            raise ValueError(f"--history holds {len(history[0])} frame(s) up to --until; the context needs {n_ctx}")
+        context = history[0][-n_ctx:]  # the newest frames of the episode
+    else:
+        paths = args.context or sorted(map(str, examples.glob("context_*.png")))
+        if len(paths) != n_ctx:
+            raise ValueError(f"{len(paths)} context image(s) given; the model needs exactly {n_ctx} (oldest first)")
+        context = np.stack([load_image(c, size) for c in paths])  # (C, H, W, 3)
     goal = load_image(args.goal, size)
-    gen = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    res = planner(to_tensor(context)[None], to_tensor(goal), generator=gen, imagine=True)
-    seconds = time.perf_counter() - start
-    if not torch.isfinite(res.waypoints).all() or (res.cost is not None and not np.isfinite(res.cost)):
-        raise ValueError(f"the plan is not finite (cost {res.cost}): the checkpoint in {ckpt} may hold NaN or "
-                         "infinite weights; retrain or restore it")  # fmt: skip
+    res, seconds = plan_once(planner, context, goal, history and history[:2], args.seed, ckpt)
+    compare = None
+    if history is not None and planner.uses_memory:  # the same plan without memory, for comparison
+        nwm, _ = plan_once(load_method("nwm", ckpt, args.device, config), context, goal, None, args.seed, ckpt)
+        compare = {"method": "nwm", "waypoints": nwm.waypoints.numpy().astype(float).round(4).tolist(),
+                   "cost": nwm.cost}  # fmt: skip
     spacing = data_config("nav_come_sim").metric_waypoint_spacing
     wp = res.waypoints.numpy().astype(float)
     wp_m = np.concatenate([wp[:, :2] * spacing, wp[:, 2:]], 1)
-    meta = examples / "example.json"
-    example = args.context is None and Path(args.goal).resolve() == (examples / "goal.png").resolve()
-    truth = json.loads(meta.read_text())["true_waypoints"] if example and meta.is_file() else None
+    truth = example_truth(args, examples, history[2] if history else None)
     return {"method": method, "precision": planner.precision, "waypoints": wp.round(4).tolist(),
             "waypoints_m": wp_m.round(4).tolist(), "cost": res.cost, "cost_name": res.cost_name,
-            "seconds": round(seconds, 2), "seed": args.seed,
-            "_context": context, "_goal": goal, "_imagined": res.imagined, "_spacing": spacing, "_truth": truth}
+            "seconds": round(seconds, 2), "seed": args.seed, "history_frames": len(history[0]) if history else 0,
+            "compare": compare, "_context": context, "_goal": goal, "_imagined": res.imagined, "_spacing": spacing,
+            "_truth": truth}  # fmt: skip
 
 
 def report(out: dict, args) -> None:
-    print(f"method {out['method']}, planned in {out['seconds']:.1f} s (seed {out['seed']}, {out['precision']})")
+    memory = f", {out['history_frames']} history frames" if out["history_frames"] else ""
+    print(f"method {out['method']}, planned in {out['seconds']:.1f} s (seed {out['seed']}, {out['precision']}{memory})")
     print(f"{'k':>2} {'x':>7} {'y':>7} {'yaw':>7}   {'x (m)':>7} {'y (m)':>7}")
     for k, (w, m) in enumerate(zip(out["waypoints"], out["waypoints_m"], strict=True), 1):
         print(f"{k:>2} {w[0]:>7.2f} {w[1]:>7.2f} {w[2]:>7.2f}   {m[0]:>7.2f} {m[1]:>7.2f}")
     if out["cost"] is not None:
         print(f"cost ({out['cost_name']}): {out['cost']:.4f}")
+    if out["compare"] is not None:
+        end = out["compare"]["waypoints"][-1]
+        print(f"{out['compare']['method']} (no memory) ends at x {end[0]:.2f}, y {end[1]:.2f} (spacing units)")
     if out["_truth"] is not None:
         truth = np.asarray(out["_truth"])
         print(f"the shipped example's true motion ends at x {truth[-1, 0]:.2f}, y {truth[-1, 1]:.2f} (spacing units)")
@@ -149,7 +206,7 @@ def report(out: dict, args) -> None:
         imagined = (imagined.permute(0, 2, 3, 1).clamp(0, 1).numpy() * 255).astype(np.uint8)
     fig = plan_figure(args.figure, out["_context"], out["_goal"], np.asarray(out["waypoints"]), out["_spacing"],
                       imagined, None if out["_truth"] is None else np.asarray(out["_truth"]),
-                      title=f"{out['method']} plan")
+                      title=f"{out['method']} plan", compare=out["compare"])
     print(f"figure: {fig}")
     if args.json:
         from nav_come.core.io import atomic_write_text

@@ -6,7 +6,9 @@
 
 The example images come from a world with seed 1,000,000 (a maze, or an outdoor
 world with ``--world outdoor``), one of the env's held-out seeds that no collected dataset uses: four context frames at
-t-3..t and the goal frame 8 steps (2 s) later, the NWM planning setting.
+t-3..t and the goal frame 8 steps (2 s) later, the NWM planning setting. Beside them,
+``episode/`` holds the drive up to t as a RECON-format trajectory (frames 0..t and their poses):
+the history that ``plan.py --history`` gives a memory method such as CoME.
 The true motion to the goal is written next to them in ``example.json``.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from envs import collect
+from nav_come.core.data import write_trajectory
 from nav_come.core.data.actions import gt_waypoints
 from nav_come.core.io import atomic_write_bytes, atomic_write_text
 
@@ -36,7 +39,7 @@ def make_tiny_dataset(out, world: str = "maze", n_traj: int = 4, traj_len: int =
 
 
 def make_example_images(out, image_size: int = 64, world: str = "maze") -> Path:
-    """Write context_0..3.png, goal.png and example.json under ``out``."""
+    """Write context_0..3.png, goal.png, example.json and the history ``episode/`` under ``out``."""
     import cv2
 
     from envs.driver import Driver
@@ -56,6 +59,7 @@ def make_example_images(out, image_size: int = 64, world: str = "maze") -> Path:
     for name, img in names.items():
         ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         atomic_write_bytes(out / name, buf.tobytes())
+    write_trajectory(out / "episode", frames[: t + 1], poses[: t + 1, :2], poses[: t + 1, 2])
     wp = gt_waypoints(poses[:, :2], poses[:, 2], t, 8, spacing=0.25)
     made_by = f"python -m envs.example_data --images {out}" + (f" --world {world}" if world != "maze" else "")
     meta = {"world": world, "world_seed": EXAMPLE_SEED, "t": t, "goal_offset": 8,

@@ -35,8 +35,10 @@ def _strip(ax, frames: list[np.ndarray], title: str) -> None:
 
 
 def plan_figure(path, context: np.ndarray, goal: np.ndarray, waypoints: np.ndarray, spacing: float,
-                imagined: np.ndarray | None = None, truth: np.ndarray | None = None, title: str = "") -> Path:
-    """context (C, H, W, 3) uint8; goal (H, W, 3); waypoints (K, 3) spacing units; imagined (K, H, W, 3)."""
+                imagined: np.ndarray | None = None, truth: np.ndarray | None = None, title: str = "",
+                compare: dict | None = None) -> Path:  # fmt: skip
+    """context (C, H, W, 3) uint8; goal (H, W, 3); waypoints (K, 3) spacing units; imagined (K, H, W, 3);
+    compare: another method's plan drawn beside it ({"method", "waypoints"})."""
     fig = plt.figure(figsize=(11, 5.2))
     grid = fig.add_gridspec(3, 3, width_ratios=[3, 1, 2.2])
     _strip(fig.add_subplot(grid[0, 0]), list(context), "context (oldest → newest)")
@@ -48,7 +50,10 @@ def plan_figure(path, context: np.ndarray, goal: np.ndarray, waypoints: np.ndarr
         _strip(fig.add_subplot(grid[1, :2]), list(imagined), "imagined rollout of the plan (world model)")
     ax = fig.add_subplot(grid[:, 2])
     xy = np.vstack([[0, 0], waypoints[:, :2]]) * spacing
-    ax.plot(xy[:, 1], xy[:, 0], "o-", color="tab:blue", label="plan")
+    ax.plot(xy[:, 1], xy[:, 0], "o-", color="tab:blue", label=title or "plan")
+    if compare is not None:
+        c = np.vstack([[0, 0], np.asarray(compare["waypoints"])[:, :2]]) * spacing
+        ax.plot(c[:, 1], c[:, 0], "x:", color="tab:orange", label=f"{compare['method'].upper()} plan")
     if truth is not None:
         t = np.vstack([[0, 0], truth[:, :2]]) * spacing
         ax.plot(t[:, 1], t[:, 0], "s--", color="tab:green", label="ground truth")
