@@ -126,6 +126,21 @@ def ate_table(results: Path, name: str) -> str:
     return "\n".join(lines)
 
 
+def prediction(results: Path, name: str) -> str:
+    """An ``eval/predict.py`` JSON: PSNR and SSIM per horizon of each row."""
+    rows = _load(results, name)["rows"]
+    horizons = sorted({r["horizon"] for r in rows})
+    labels = {"world_model": "world model", "copy_last": "copy last frame",
+              "ae_recon": "autoencoder reconstruction (ceiling)"}  # fmt: skip
+    head = [f"PSNR@{h}" for h in horizons] + [f"SSIM@{h}" for h in horizons]
+    lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        by_h = {r["horizon"]: r for r in rows if r["method"] == method}
+        cells = [f"{by_h[h]['psnr']:.2f}" for h in horizons] + [f"{by_h[h]['ssim']:.3f}" for h in horizons]
+        lines.append(f"| {labels.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def seeded_test(results: Path) -> str:
     """The chosen seeded search on the maze test split beside the policies."""
     return ate_table(results, "planning_test/test100_seeded.json")
@@ -144,6 +159,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "seeded-val": seeded_val,
     "seeded-test": seeded_test,
     "outdoor-test": outdoor_test,
+    "outdoor-predict": lambda results: prediction(results, "prediction/outdoor.json"),
 }
 
 

@@ -1,5 +1,6 @@
 """The docs' generated tables equal what ``python -m eval.report`` makes from ``results/``."""
 
+import json
 import shutil
 
 from eval import report
@@ -27,3 +28,14 @@ def test_an_unknown_block_is_one_line(tmp_path, capsys):
     (tmp_path / "x.md").write_text("<!-- report:nope -->\n<!-- /report -->\n")
     assert report.main(["--check", "--docs", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_prediction_table_has_a_column_per_horizon(tmp_path):
+    rows = [{"method": m, "horizon": h, "psnr": p + h, "ssim": 0.5, "lpips": None, "n": 4}
+            for m, p in (("world_model", 20.0), ("copy_last", 10.0)) for h in (1, 4)]  # fmt: skip
+    (tmp_path / "prediction").mkdir()
+    (tmp_path / "prediction" / "x.json").write_text(json.dumps({"rows": rows, "data": "d", "split": "test", "seed": 0}))
+    table = report.prediction(tmp_path, "prediction/x.json").splitlines()
+    assert table[0] == "| method | PSNR@1 | PSNR@4 | SSIM@1 | SSIM@4 |"
+    assert table[2] == "| world model | 21.00 | 24.00 | 0.500 | 0.500 |"
+    assert table[3].startswith("| copy last frame | 11.00")
