@@ -93,7 +93,8 @@ def precision_bench_plan(results: Path) -> str:
 SEEDED_VAL = (("val40_paper.json", None),
               ("val40_seeded.json", "seeded: 16 NoMaD + 8 GNM + 32 prior draws, 2 iterations"),
               ("val40_seeded_it1.json", "seeded: the same, 1 iteration (ranks the first population)"),
-              ("val40_seeded_noprior.json", "seeded: 16 NoMaD + 8 GNM, 2 iterations (chosen)"))  # fmt: skip
+              ("val40_seeded_noprior.json", "seeded: 16 NoMaD + 8 GNM, 2 iterations (chosen)"),
+              ("val40_come_seeded.json", "seeded: the chosen settings"))  # fmt: skip
 
 
 def seeded_val(results: Path) -> str:
