@@ -168,7 +168,8 @@ def run(args) -> dict:
             raise ValueError(f"{len(paths)} context image(s) given; the model needs exactly {n_ctx} (oldest first)")
         context = np.stack([load_image(c, size) for c in paths])  # (C, H, W, 3)
     goal = load_image(args.goal, size)
-    res, seconds = plan_once(planner, context, goal, history and history[:2], args.seed, ckpt)
+    observed = history[:2] if history is not None else None  # frames, poses
+    res, seconds = plan_once(planner, context, goal, observed, args.seed, ckpt)
     compare = None
     if history is not None and planner.uses_memory:  # the same plan without memory, for comparison
         nwm, _ = plan_once(load_method("nwm", ckpt, args.device, config), context, goal, None, args.seed, ckpt)
