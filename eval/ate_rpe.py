@@ -308,6 +308,10 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     if memory:
         protocol["history"] = args.history
         protocol["alphas"] = {m: dict(planners[m].denoiser.alphas) for m in memory}  # each composition, as run
+        relevance = {m: {n: w for n, w in config.resolved_relevance().items()
+                         if n in planners[m].denoiser.experts and w != 1.0} for m in memory}  # fmt: skip
+        if any(relevance.values()):  # only when on: a run without relevance weights matches older ones
+            protocol["relevance"] = relevance
     if args.distilled:
         protocol["distilled"] = str(args.distilled)
     if config.search == "seeded":  # only when on: a paper-protocol run matches older ones
@@ -322,9 +326,12 @@ def run(args, dist: Distributed | None = None) -> dict | None:
                                                                           args.dataset)),
                    "ckpt_content": checkpoints_fingerprint(args.ckpt)}  # what the kept results were made from
         check_resume(args.resume, {"data": str(args.data), **content, **{k: v for k, v in protocol.items()
-                                                                         if k not in ("n_samples", "alphas")}})
+                                                                         if k not in ("n_samples", "alphas",
+                                                                                      "relevance")}})
         for m in memory:
-            check_resume(args.resume / m, {"alphas": protocol["alphas"][m]})
+            weights = protocol.get("relevance", {}).get(m)
+            extra = {"relevance": weights} if weights else {}
+            check_resume(args.resume / m, {"alphas": protocol["alphas"][m], **extra})
 
     rows, preds = [], {}
     total = len(planners) * len(samples) * len(args.seeds)

@@ -14,11 +14,18 @@ evaluated at every context length L:
    how many ``torchrun`` ranks share the samples: :mod:`eval.distributed`);
 4. the predictions are decoded and scored against the true frames (PSNR, SSIM; LPIPS only
    with user weights, else null), averaged over the horizon; a row gives the mean and the
-   standard error (std / sqrt(n), null for n = 1) over sequences.
+   standard error (std / sqrt(n), null for n = 1) over sequences;
+5. the same scores split by target frame: a **revisit** target lies within 0.5 m and 30° of a
+   frame of the memory older than its newest ``RECENT`` frames (the places seen more than 32
+   frames before, that only a long memory holds); the others are **non-revisit** targets.
+   ``revisit`` and ``non_revisit`` give the mean over sequences of each sequence's mean over
+   such frames, and ``n``, the sequences that have any.
 
-Rows (``ROWS``): "+X" is the base composed with expert X, "CoME" the base with STM, LTM and
-SLTM, all contrastive with the given alphas (base 1); "CoME (no contrast)" the plain product.
-Sliding (the STM network), SSM and Full are those networks alone. ``copy_nearest`` (naive
+Rows (``ROWS``): "+X" is the base composed with expert X, "CoME" the base with the default
+CoME experts (``planners.config.REGISTRY["come"]``), all contrastive with the given alphas
+(base 1) and the relevance weights (``planners.config.relevance_weights``); "CoME (fixed α)"
+the same without relevance weights, "CoME (no contrast)" the plain product.
+Sliding (the STM network), "SLTM alone", SSM and Full are those networks alone. ``copy_nearest`` (naive
 recall, docs/design.md §5) predicts the frame older than the context nearest each target pose (the
 SLTM's retrieval rule; the newest context frame where none is near). A row whose expert
 checkpoint is missing is skipped, with the reason.
@@ -46,25 +53,32 @@ import torch
 
 from nav_come.compose import ComposedDenoiser, rollout
 from nav_come.core.data import DataFormatError, load_frames, one_step_actions, poses, read_trajectory, split_path
+from nav_come.core.geometry import wrap_angle
 from nav_come.experts import copy_nearest
 from nav_come.memory_bank import EpisodeMemory
+from planners.config import DEFAULT_RELEVANCE, REGISTRY, relevance_weights
 from planners.methods import default_alphas, memory_experts
 
-ROWS: dict[str, tuple[tuple[str, ...], bool]] = {  # row -> (experts, contrastive)
-    "Base": (("base",), True),
-    "+STM": (("base", "stm"), True),
-    "+LTM": (("base", "ltm"), True),
-    "+SLTM": (("base", "sltm"), True),
-    "+STM+LTM": (("base", "stm", "ltm"), True),
-    "+LTM+SLTM": (("base", "ltm", "sltm"), True),
-    "CoME": (("base", "stm", "ltm", "sltm"), True),
-    "CoME (no contrast)": (("base", "stm", "ltm", "sltm"), False),
-    "Sliding": (("stm",), True),
-    "SSM": (("ssm",), True),
-    "Full": (("full",), True),
+COME = ("base", *REGISTRY["come"].experts)  # the default CoME composition
+ROWS: dict[str, tuple[tuple[str, ...], bool, bool]] = {  # row -> (experts, contrastive, relevance weights)
+    "Base": (("base",), True, False),
+    "+STM": (("base", "stm"), True, True),
+    "+LTM": (("base", "ltm"), True, True),
+    "+SLTM": (("base", "sltm"), True, True),
+    "+STM+LTM": (("base", "stm", "ltm"), True, True),
+    "+STM+LTM+SLTM": (("base", "stm", "ltm", "sltm"), True, True),
+    "CoME": (COME, True, True),
+    "CoME (fixed α)": (COME, True, False),
+    "CoME (no contrast)": (COME, False, False),
+    "Sliding": (("stm",), True, False),
+    "SLTM alone": (("sltm",), True, False),
+    "SSM": (("ssm",), True, False),
+    "Full": (("full",), True, False),
 }
 COPY_NEAREST = "copy_nearest"
 EXPERTS = ("stm", "ltm", "sltm", "ssm", "full")
+RECENT = 32  # frames: a revisit target revisits a memory frame older than the newest RECENT
+REVISIT_METRES, REVISIT_YAW = 0.5, np.radians(30)  # how near a revisited view is (as training's revisit_mask)
 FIGURE_SEQS = 3  # sequences shown in the figure
 Score = Callable[[torch.Tensor, torch.Tensor, bool], dict[str, torch.Tensor]]  # per-image metrics
 
@@ -166,12 +180,14 @@ def load_samples(data: Path, split_dir, dataset, n: int | None, split: str = "te
 
 
 def denoisers(
-    world_model, experts: dict, alphas: dict, normalise: bool, missing: dict, rows=None
+    world_model, experts: dict, alphas: dict, normalise: bool, missing: dict, rows=None, relevance=None
 ) -> tuple[dict, dict]:
     """{row: denoiser} for the rows (default: all, ``ROWS`` and copy_nearest) whose experts are all
-    there, and {row: reason} for the others."""
+    there, and {row: reason} for the others. relevance: {expert: weight at full relevance}
+    (``planners.config.relevance_weights``; None: the defaults)."""
     out, skipped = {}, {}
-    for row, (names, contrastive) in ROWS.items():
+    weights = relevance_weights(relevance)
+    for row, (names, contrastive, relevant) in ROWS.items():
         if rows is not None and row not in rows:
             continue
         lacking = [n for n in names if n not in experts]
@@ -179,12 +195,28 @@ def denoisers(
             skipped[row] = missing.get(lacking[0], f"needs the {lacking[0]} expert")
             continue
         alone = len(names) == 1  # the expert itself (alpha 1)
-        weights = {n: 1.0 if alone else alphas.get(n, 1.0) for n in names}
-        out[row] = ComposedDenoiser({n: experts[n] for n in names}, weights, contrastive, normalise and not alone,
-                                    schedule=world_model.schedule, bf16=world_model.bf16)  # fmt: skip
+        coefficients = {n: 1.0 if alone else alphas.get(n, 1.0) for n in names}
+        shares = {n: w for n, w in weights.items() if n in names} if relevant and not alone else None
+        out[row] = ComposedDenoiser({n: experts[n] for n in names}, coefficients, shares, contrastive,
+                                    normalise and not alone, schedule=world_model.schedule,
+                                    bf16=world_model.bf16)  # fmt: skip
     if rows is None or COPY_NEAREST in rows:
         out[COPY_NEAREST] = CopyNearest(world_model.context, world_model.schedule)
     return out, skipped
+
+
+def variant_rows(world_model, experts: dict, alphas: dict, normalise: bool, variants: list[dict]) -> dict:
+    """{"CoME [sltm=W ltm=W]": denoiser}: CoME with each set of relevance weights in ``variants``
+    (to choose them on validation worlds from one memorisation per sequence)."""
+    out = {}
+    for given in variants:
+        relevance = {**DEFAULT_RELEVANCE, **given}
+        label = "CoME [" + " ".join(f"{k}={v:g}" for k, v in relevance.items()) + "]"
+        weights = {n: w for n, w in relevance_weights(relevance).items() if n in COME}
+        out[label] = ComposedDenoiser({n: experts[n] for n in COME}, {n: alphas.get(n, 1.0) for n in COME},
+                                      weights or None, True, normalise, schedule=world_model.schedule,
+                                      bf16=world_model.bf16)  # fmt: skip
+    return out
 
 
 def load_sequence(world_model, data: Path, sample: dict, spacing: float, longest: int) -> dict:
@@ -201,10 +233,23 @@ def load_sequence(world_model, data: Path, sample: dict, spacing: float, longest
         "latents": world_model.encode(x[None, : t + 1 - lo])[0],  # (T, c, h, w), encoded once for every L
         "poses": poses(tr.position, tr.yaw)[lo : t + 1],
         "actions": torch.from_numpy(one_step_actions(tr.position, tr.yaw, spacing)[t : t + K]).float(),
+        "future_poses": poses(tr.position, tr.yaw)[t + 1 : t + K + 1],
         "truth": x[t + 1 - lo :],
         "frames": x[: t + 1 - lo],
         "label": f"{sample['traj']} t={t}",
     }
+
+
+def revisit_targets(memory_poses, targets) -> np.ndarray:
+    """Which target world poses (K, 3) revisit a memory frame (poses (T, 3), oldest first) older
+    than the newest ``RECENT``: within REVISIT_METRES and REVISIT_YAW. bool (K,)."""
+    old = np.asarray(memory_poses, np.float64)[: max(0, len(memory_poses) - RECENT)]  # (J, 3)
+    targets = np.asarray(targets, np.float64)
+    if not len(old):
+        return np.zeros(len(targets), bool)
+    d = np.hypot(targets[:, None, 0] - old[None, :, 0], targets[:, None, 1] - old[None, :, 1])  # (K, J)
+    dyaw = np.abs(wrap_angle(targets[:, None, 2] - old[None, :, 2]))
+    return ((d <= REVISIT_METRES) & (dyaw <= REVISIT_YAW)).any(1)
 
 
 def _predict(world_model, method, memory: EpisodeMemory, actions: torch.Tensor, steps: int, seed: int) -> dict:
@@ -227,11 +272,17 @@ def _summary(values: list[float]) -> tuple[float, float | None]:
 
 def _score_memory(world_model, denoisers: dict, memory: EpisodeMemory, seq: dict, seed: int, steps: int, score: Score,
                   with_lpips: bool, prepare_s: float) -> tuple[dict, dict]:  # fmt: skip
-    """Every row's prediction from one memory: its scores {row: {metric: value}} and frames {row: (K, 3, H, W)}."""
+    """Every row's prediction from one memory: its scores {row: {metric: value}} and frames {row: (K, 3, H, W)};
+    ``revisit_psnr`` etc. average the revisit targets only (None: there are none), ``new_psnr`` the others."""
     scores, preds, K = {}, {}, len(seq["truth"])
+    revisit = torch.from_numpy(revisit_targets(memory.poses[: memory.now + 1].numpy(), seq["future_poses"]))
     for name, method in denoisers.items():
         out = _predict(world_model, method, memory, seq["actions"], steps, seed)
-        s = {k: float(v.mean()) for k, v in score(out["frames"], seq["truth"], with_lpips).items()}  # over the horizon
+        per_frame = score(out["frames"], seq["truth"], with_lpips)
+        s = {k: float(v.mean()) for k, v in per_frame.items()}  # over the horizon
+        for prefix, keep in (("revisit_", revisit), ("new_", ~revisit)):
+            for k in ("psnr", "ssim"):
+                s[prefix + k] = float(per_frame[k][keep].mean()) if keep.any() else None
         uses_ltm = isinstance(method, ComposedDenoiser) and "ltm" in method.experts
         s |= {"s_per_frame": out["seconds"] / K, "peak_mb": out["peak_mb"], "frames": len(memory),
               "prepare_s": prepare_s if uses_ltm else 0.0}  # fmt: skip
@@ -281,13 +332,15 @@ def summarise(records: list[dict], contexts: list[int], names: list[str], device
     [{context, s_per_stored_frame, frames}], "peak_memory", "shown"}. Means and standard errors are
     over all sequences, whichever rank scored them; so are the timings, each measured by its rank."""
     keys = ("psnr", "ssim", "lpips", "s_per_frame", "peak_mb", "frames", "prepare_s")
+    split = ("revisit_psnr", "revisit_ssim", "new_psnr", "new_ssim")
     rows = []
     for L in contexts:
         for name in names:
-            a = {k: [] for k in keys}
+            a = {k: [] for k in (*keys, *split)}
             for record in records:
                 for k, v in record[L]["scores"][name].items():
-                    a[k].append(v)
+                    if v is not None or k not in split:
+                        a[k].append(v)
             psnr, psnr_se = _summary(a["psnr"])
             ssim, ssim_se = _summary(a["ssim"])
             rows.append({"method": name, "psnr": psnr, "psnr_se": psnr_se, "ssim": ssim, "ssim_se": ssim_se,
@@ -295,6 +348,12 @@ def summarise(records: list[dict], contexts: list[int], names: list[str], device
                          "s_per_frame": float(np.mean(a["s_per_frame"])), "peak_mb": float(max(a["peak_mb"])),
                          "n": len(a["psnr"]), "context": L, "context_frames": float(np.mean(a["frames"])),
                          "prepare_s": float(np.mean(a["prepare_s"]))})  # fmt: skip
+            for part, prefix in (("revisit", "revisit_"), ("non_revisit", "new_")):
+                values = a[prefix + "psnr"]
+                rows[-1][part] = {"psnr": _summary(values)[0] if values else None,
+                                  "psnr_se": _summary(values)[1] if values else None,
+                                  "ssim": _summary(a[prefix + "ssim"])[0] if values else None,
+                                  "n": len(values)}  # fmt: skip
     ltm_rows = []
     for L in contexts:
         m = [r[L]["memorised"] for r in records if r[L]["memorised"] is not None]  # (seconds, frames) per sequence
@@ -305,16 +364,24 @@ def summarise(records: list[dict], contexts: list[int], names: list[str], device
     return {"rows": rows, "ltm": ltm_rows, "peak_memory": PeakMemory.HOW[PeakMemory.kind(device)], "shown": shown}
 
 
-def build(world_model, ckpt: Path, alphas: dict, normalise: bool, device, rows=None) -> tuple[dict, dict, object]:
+def build(world_model, ckpt: Path, alphas: dict, normalise: bool, device, rows=None,
+          relevance: dict | None = None, variants: list[dict] = ()) -> tuple[dict, dict, object]:  # fmt: skip
     """{row name: denoiser}, the skipped rows {name: reason} and the LTM expert (None if no row uses it).
-    ``rows``: the row names to build (default all); an unknown name raises ValueError."""
+    ``rows``: the row names to build (default all); an unknown name raises ValueError; relevance:
+    {expert: weight at full relevance} (None: the defaults); variants: more relevance weights for
+    extra CoME rows (:func:`variant_rows`)."""
     unknown = sorted(set(rows or ()) - {*ROWS, COPY_NEAREST})
     if unknown:
         raise ValueError(f"unknown --rows {unknown}; choose from {[*ROWS, COPY_NEAREST]}")
     missing: dict[str, str] = {}
     experts = memory_experts(ckpt, EXPERTS, world_model, device, missing)  # all: the LTM's settings depend on the STM
     weights = {**default_alphas(world_model.sampler_steps), **alphas}
-    rows, skipped = denoisers(world_model, experts, weights, normalise, missing, rows)
+    rows, skipped = denoisers(world_model, experts, weights, normalise, missing, rows, relevance)
+    if variants:
+        lacking = [n for n in COME if n not in experts]
+        if lacking:
+            raise ValueError(f"relevance variants of CoME need the {lacking[0]} expert: {missing.get(lacking[0])}")
+        rows |= variant_rows(world_model, experts, weights, normalise, variants)
     uses_ltm = any(isinstance(m, ComposedDenoiser) and "ltm" in m.experts for m in rows.values())
     return rows, skipped, experts["ltm"] if uses_ltm else None
 
@@ -324,10 +391,13 @@ def _pm(mean: float, se: float | None, digits: int) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'method':<20}{'L':>5}{'PSNR':>16}{'SSIM':>16}{'LPIPS':>7}{'s/frame':>9}{'peak MB':>9}{'n':>4}"]
+    lines = [f"{'method':<22}{'L':>5}{'PSNR':>16}{'SSIM':>16}{'revisit':>9}{'other':>7}{'LPIPS':>7}{'s/frame':>9}"
+             f"{'peak MB':>9}{'n':>4}"]  # fmt: skip
     for r in rows:
         lp = f"{r['lpips']:.3f}" if r["lpips"] is not None else "-"
-        lines.append(f"{r['method']:<20}{r['context']:>5}{_pm(r['psnr'], r['psnr_se'], 2):>16}"
-                     f"{_pm(r['ssim'], r['ssim_se'], 3):>16}{lp:>7}{r['s_per_frame']:>9.3f}{r['peak_mb']:>9.1f}"
-                     f"{r['n']:>4}")  # fmt: skip
+        parts = [r.get(k, {}).get("psnr") for k in ("revisit", "non_revisit")]
+        revisit, other = (f"{v:.2f}" if v is not None else "-" for v in parts)
+        lines.append(f"{r['method']:<22}{r['context']:>5}{_pm(r['psnr'], r['psnr_se'], 2):>16}"
+                     f"{_pm(r['ssim'], r['ssim_se'], 3):>16}{revisit:>9}{other:>7}{lp:>7}{r['s_per_frame']:>9.3f}"
+                     f"{r['peak_mb']:>9.1f}{r['n']:>4}")  # fmt: skip
     return "\n".join(lines)

@@ -44,10 +44,11 @@ model (``CKPT/{stm,sltm,ssm,full}``, optional ``CKPT/ltm/config.json``; see
 :mod:`planners.methods`). Its ``--json`` contract::
 
     {"rows": [{"method", "psnr", "psnr_se", "ssim", "ssim_se", "lpips", "s_per_frame",
-               "peak_mb", "n", "context", ...}, ...], "skipped": {method: reason}, ...}
+               "peak_mb", "n", "context", "revisit": {"psnr", "psnr_se", "ssim", "n"},
+               "non_revisit": {...}, ...}, ...], "skipped": {method: reason}, "relevance", ...}
 
-with the methods Base, +STM, +LTM, +SLTM, +STM+LTM, CoME, CoME (no contrast), Sliding, SSM,
-Full and copy_nearest, one row per method per context length L.
+with the methods of ``eval.memory_table.ROWS`` (Base, +STM, +LTM, +SLTM, ..., CoME, CoME (fixed α),
+CoME (no contrast), Sliding, SSM, Full) and copy_nearest, one row per method per context length L.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from nav_come.core.precision import add_precision_arg, resolve, use_bf16
 from nav_come.core.train_loop import Distributed
 from nav_come.distill import distilled_dir, distilled_world_model, resolve_steps
 from nav_come.world_model import WorldModel
+from planners.config import DEFAULT_RELEVANCE, RELEVANCE_NEAR_FAR, parse_relevance
 from planners.methods import DEFAULT_NORMALISE, default_alphas, parse_alphas
 
 HORIZONS = (1, 2, 4, 8)
@@ -123,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context lengths: the last L frames up to t")  # fmt: skip
     m.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
                    help="contrastive weights of the composed rows (default base=1 stm=2 ltm=2 sltm=2)")  # fmt: skip
+    m.add_argument("--relevance", nargs="+", default=[], metavar="EXPERT=W",
+                   help="composed rows: an expert's weight at full relevance, 1 fixes its share "
+                        f"(default {' '.join(f'{k}={v:g}' for k, v in DEFAULT_RELEVANCE.items())}, chosen on val)")
+    m.add_argument("--variant", nargs="+", action="append", default=[], metavar="EXPERT=W",
+                   help="an extra row 'CoME [..]' with these relevance weights (repeat the flag for more; "
+                        "to choose them on --split val)")
     m.add_argument("--rows", nargs="+", metavar="ROW",
                    help="only these rows, e.g. Base +SLTM CoME 'CoME (no contrast)' (default all)")  # fmt: skip
     m.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=DEFAULT_NORMALISE,
@@ -288,13 +296,15 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
             raise ValueError(f"--n-seq and --steps must be >= 1, got {args.n_seq} and {args.steps}")
         if not data.is_dir():
             raise ValueError(f"data folder {data} does not exist; pass --data DIR")
-        alphas = parse_alphas(args.alpha)
+        alphas, relevance = parse_alphas(args.alpha), parse_relevance(args.relevance)
+        variants = [parse_relevance(v) for v in args.variant]
         model, experts_dir, steps = load_model(args, dist.device)
         if min(args.context) < model.context:
             raise ValueError(f"--context values must be >= {model.context} (the model's context), got {args.context}")
         samples = memory_table.load_samples(data, args.split_dir, args.dataset, args.n_seq, args.split)
         spacing = dataset_config(data, args.dataset, args.spacing).metric_waypoint_spacing
-        denoisers, skipped, ltm = memory_table.build(model, experts_dir, alphas, args.normalise, dist.device, args.rows)
+        denoisers, skipped, ltm = memory_table.build(model, experts_dir, alphas, args.normalise, dist.device, args.rows,
+                                                     relevance, variants)  # fmt: skip
     except (CheckpointError, ValueError, FileNotFoundError) as e:  # DataFormatError is a ValueError
         return _fail(str(e))
     if dist.is_main:
@@ -318,8 +328,9 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
     if args.json:
         alphas = {**default_alphas(steps), **alphas}
         report = {"rows": out["rows"], "skipped": skipped, "data": str(data), "split": args.split, "seed": args.seed,
-                  "n_seq": len(samples), "sampler_steps": steps, "alphas": alphas,
-                  "normalise": args.normalise, "ltm": out["ltm"], "peak_memory": out["peak_memory"],
+                  "n_seq": len(samples), "sampler_steps": steps, "alphas": alphas, "normalise": args.normalise,
+                  "relevance": {**DEFAULT_RELEVANCE, **relevance}, "relevance_band": list(RELEVANCE_NEAR_FAR),
+                  "ltm": out["ltm"], "peak_memory": out["peak_memory"],
                   "precision": resolve(args.precision, dist.device)}  # fmt: skip
         if args.distilled:
             report["distilled"] = str(args.distilled)

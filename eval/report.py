@@ -152,6 +152,60 @@ def outdoor_test(results: Path) -> str:
     return ate_table(results, "planning_outdoor/test100_seeded.json")
 
 
+def _cell(value: float | None, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if value is not None else "-"
+
+
+def memory_ablation(results: Path, name: str) -> str:
+    """An ``eval/predict.py --memory`` JSON: PSNR per context length, SSIM, the revisit split and the
+    time per frame at the longest context, one line per method (± the standard error there)."""
+    rows = _load(results, name)["rows"]
+    contexts = sorted({r["context"] for r in rows})
+    longest = contexts[-1]
+    head = [f"PSNR L={L}" for L in contexts] + [f"SSIM L={longest}", f"revisit L={longest}",
+                                                  f"non-revisit L={contexts[0]}", f"s/frame L={longest}"]  # fmt: skip
+    lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        by_l = {r["context"]: r for r in rows if r["method"] == method}
+        last, first = by_l[longest], by_l[contexts[0]]
+        cells = [f"{by_l[L]['psnr']:.2f}" for L in contexts[:-1]]
+        cells.append(f"{last['psnr']:.2f} ± {_cell(last['psnr_se'])}")
+        cells += [f"{last['ssim']:.3f}", _cell(last["revisit"]["psnr"]), _cell(first["non_revisit"]["psnr"]),
+                  f"{last['s_per_frame']:.3f}"]  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+SLTM_CHOICE = (  # (file under results/memory_val, row, SLTM, alpha, relevance weight, band)
+    ("old_sltm_fixed.json", "Base", "-", "-", "-", "-"),
+    ("old_sltm_fixed.json", "copy_nearest", "-", "-", "-", "-"),
+    ("old_sltm_fixed.json", "+SLTM", "before (3,754 steps)", "2", "1", "-"),
+    ("recall_a2_w1.json", "+SLTM", "recall, 1,753 steps", "2", "1", "-"),
+    ("recall_a2_w4.json", "+SLTM", "recall, 1,753 steps", "2", "4", "0.5-2.0"),
+    ("recall_a2_w16.json", "+SLTM", "recall, 1,753 steps", "2", "16", "0.5-2.0"),
+    ("recall_a1_w1.json", "+SLTM", "recall, 1,753 steps", "1", "1", "-"),
+    ("recall_a1_w4.json", "+SLTM", "recall, 1,753 steps", "1", "4", "0.5-2.0"),
+    ("recall_a1_w16.json", "+SLTM", "recall, 1,753 steps", "1", "16", "0.5-2.0"),
+    ("recall_a2_w1.json", "SLTM alone", "recall, 1,753 steps", "-", "-", "-"),
+    ("recall2_a1_w1.json", "+SLTM", "recall, 3,589 steps", "1", "1", "-"),
+    ("recall2_a1_w4_band.json", "+SLTM", "recall, 3,589 steps", "1", "4", "0.25-0.75"),
+    ("recall2_a1_w16_band.json", "+SLTM", "recall, 3,589 steps", "1", "16", "0.25-0.75"),
+    ("recall2_a1_w1.json", "SLTM alone", "recall, 3,589 steps", "-", "-", "-"),
+)
+
+
+def memory_choice(results: Path, choices=SLTM_CHOICE) -> str:
+    """The spatial expert's settings on the validation worlds: one line per (run, row), PSNR at
+    each context length (the runs share the sequences and the seed)."""
+    lines = ["| row | SLTM | α | relevance weight | band (m) | PSNR L=50 | PSNR L=512 | SSIM L=512 |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, method, sltm, alpha, weight, band in choices:
+        by_l = {r["context"]: r for r in _load(results, f"memory_val/{name}")["rows"] if r["method"] == method}
+        lines.append(f"| {method} | {sltm} | {alpha} | {weight} | {band} | {by_l[50]['psnr']:.2f} | "
+                     f"{by_l[512]['psnr']:.2f} | {by_l[512]['ssim']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "precision-plan": precision_plan,
     "precision-inprocess": precision_inprocess,
@@ -161,6 +215,11 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "seeded-test": seeded_test,
     "outdoor-test": outdoor_test,
     "outdoor-predict": lambda results: prediction(results, "prediction/outdoor.json"),
+    "memory-sltm-val": memory_choice,
+    "memory-come-val": lambda results: memory_ablation(results, "memory_val/recall2_come.json"),
+    "memory-stm-val": lambda results: memory_ablation(results, "memory_val/old_sltm_ltm_relevance.json"),
+    "memory-final-val": lambda results: memory_ablation(results, "memory_val/final_sltm.json"),
+    "memory-test": lambda results: memory_ablation(results, "memory/maze_test.json"),
 }
 
 

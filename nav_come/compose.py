@@ -11,6 +11,13 @@ by the number of experts so that they sum to 1 (a geometric mixture). alpha_i is
 callable of the expert's condition returning a float or a (B,) tensor (relevance-dependent
 alpha, e.g. from the retrieval distance: ``experts.spatial.distance_alpha``).
 
+**Relevance weights** (``weights``): expert i's two terms are multiplied by ``w_i >= 0`` (a
+float or a callable of its condition, like alpha), and with ``normalise`` divided by
+``sum_j w_j`` instead of the number of experts, so an expert whose memory is relevant to this
+prediction (a near retrieval, an adapter that fits the recent frames) gets a larger share of
+the mixture, per sample. ``weights=None`` is every w_i = 1, exactly the mixture above. The
+partner term is untouched, so alpha_i > 1 is still classifier-free guidance within the share.
+
 **v-space.** Since ``eps = sigma x_t + alpha_t v`` is affine in v, the sum above is computed
 exactly as ``v = sum_b c_b v_b + (S - 1) (sigma_t / alpha_t) x_t`` with ``S = sum_b c_b``
 (K experts: S = K; normalised: S = 1). One expert with alpha = 1 is therefore that expert,
@@ -181,12 +188,14 @@ class ComposedDenoiser:
     """A denoiser ``(x_t, t, cond) -> v`` over several experts; see the module docstring.
 
     experts: {name: expert} (or a sequence of experts with a ``name``); alphas: {name: alpha}
-    (missing names get 1.0) or one alpha for all. ``cond`` is ``{name: that expert's condition}``,
+    (missing names get 1.0) or one alpha for all; weights: {name: relevance weight} (missing
+    names get 1.0) or None. ``cond`` is ``{name: that expert's condition}``,
     as :meth:`condition` builds it. ``batched``, ``dedup``: see :func:`run_branches`.
     """
 
     experts: Mapping[str, Expert] | Sequence[Expert]
     alphas: Mapping[str, Alpha] | float | None = None
+    weights: Mapping[str, Alpha] | None = None
     contrastive: bool = True
     normalise: bool = False
     x0_clip: float | None = 4.0
@@ -212,6 +221,11 @@ class ComposedDenoiser:
                 f"alphas for experts not in the composition: {sorted(unknown)} (have {list(self.experts)})"
             )
         self.alphas = {name: self.alphas.get(name, 1.0) for name in self.experts}
+        unknown = set(self.weights or {}) - set(self.experts)
+        if unknown:
+            raise ValueError(
+                f"weights for experts not in the composition: {sorted(unknown)} (have {list(self.experts)})"
+            )
         if self.x0_clip is not None and not self.x0_clip > 0:
             raise ValueError(f"x0_clip must be > 0 or None, got {self.x0_clip}")
 
@@ -229,19 +243,23 @@ class ComposedDenoiser:
 
     def terms(self, cond: Mapping[str, Any]) -> list[tuple[Branch, float | torch.Tensor]]:
         """(branch, coefficient) pairs of the sum; coefficients are floats or (B,) tensors."""
-        terms = []
+        terms, shares = [], []
         for name, expert in self.experts.items():
             conditional, partner = expert.branches(cond[name])
             alpha = self.alphas[name]
             alpha = alpha(cond[name]) if callable(alpha) else float(alpha)
-            if not self.contrastive:
-                terms.append((conditional, 1.0))
-                continue
-            terms.append((conditional, alpha))
-            if not (isinstance(alpha, float) and alpha == 1.0):  # a zero coefficient needs no forward
-                terms.append((partner, 1.0 - alpha))
+            own = [(conditional, 1.0)] if not self.contrastive else [(conditional, alpha)]
+            if self.contrastive and not (isinstance(alpha, float) and alpha == 1.0):  # a zero coefficient: no forward
+                own.append((partner, 1.0 - alpha))
+            if self.weights is not None:
+                w = self.weights.get(name, 1.0)
+                w = w(cond[name]) if callable(w) else float(w)
+                own = [(b, c * w) for b, c in own]
+                shares.append(w)
+            terms += own
         if self.normalise:
-            terms = [(b, c / len(self.experts)) for b, c in terms]
+            total = len(self.experts) if self.weights is None else sum(shares)
+            terms = [(b, c / total) for b, c in terms]
         return terms
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:

@@ -50,7 +50,7 @@ from nav_come.core.train_loop import (
     setup_distributed,
     step_generator,
 )
-from nav_come.experts import EXPERTS, TRAINED, Expert, save_expert
+from nav_come.experts import EXPERTS, TRAINED, Expert, load_expert, save_expert
 from nav_come.experts.common import train_only_memory
 from nav_come.latents import LatentSet, LatentWindowDataset, cache_key, encode_split
 from nav_come.memory_bank import FrameStore, RetrievalConfig
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="stm: every stride-th frame of the window (default 2)")
     p.add_argument("--train-history", type=int, help="full/ssm: newest history frames kept in training")
     p.add_argument("--k", type=int, default=2, help="sltm: frames retrieved per prediction")
+    p.add_argument("--recall", action="store_true",
+                   help="sltm: add the recall path (the nearest retrieved latent gated into the output)")
+    p.add_argument("--init", type=Path, metavar="EXPERT_DIR",
+                   help="start from this trained expert of the same kind (weights, settings), not the base")
     add_run_args(p)
     return p
 
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> dict:
     """Expert settings given on the command line (the rest keep the expert's defaults)."""
     if args.expert == "sltm":
-        return {"retrieval": RetrievalConfig(k=args.k)}
+        return {"retrieval": RetrievalConfig(k=args.k), "recall": args.recall}
     names = {"window": args.window, "stride": args.stride, "train_history": args.train_history}
     return {k: v for k, v in names.items() if v is not None}
 
@@ -110,11 +114,19 @@ def draw_batch(
 
 
 def _expert(args: argparse.Namespace, base: torch.nn.Module, last: Path) -> Expert:
-    """Resume from OUT/last (its config wins) or start from the base."""
+    """Resume from OUT/last (its config wins), or start from --init, or from the base."""
     cls = EXPERTS[args.expert]
     if (last / "model").is_dir():
         return cls(read_config(last / "model", args.expert)[1])
-    return cls.from_base(base, **_settings(args))
+    if args.init is None:
+        return cls.from_base(base, **_settings(args))
+    start = load_expert(args.init)
+    if start.kind != args.expert:
+        raise ValueError(f"--init {args.init} holds a {start.kind} expert, not {args.expert}")
+    if args.expert != "sltm":
+        return start.train()
+    c = start.config
+    return cls.from_base(start.network, c.retrieval, c.retrieval_dropout, c.contrast, recall=args.recall or c.recall)
 
 
 def _revisit_share(windows: LatentWindowDataset, weight: float) -> float | None:
@@ -149,6 +161,7 @@ def _metadata(args: argparse.Namespace, dist: Distributed, base_meta: dict, extr
         "expert": args.expert,
         "base": str(args.base),
         "base_steps": base_meta.get("steps"),
+        "init": str(args.init) if args.init else None,
         "data": str(args.data),
         "train": args.train,
         "revisit_weight": args.revisit_weight,
@@ -211,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    for flag, folder in (("--data", args.data), ("--base", args.base)):
+    if args.recall and args.expert != "sltm":
+        return _fail(f"--recall is a spatial expert's path; it does not apply to --expert {args.expert}")
+    for flag, folder in (("--data", args.data), ("--base", args.base), ("--init", args.init)):
+        if folder is None:
+            continue
         if not folder.is_dir():
             return _fail(f"{flag} folder {folder} does not exist")
     if args.threads:

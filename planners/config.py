@@ -18,7 +18,11 @@ from planners import cem
 from planners.cost import DISTANCES
 
 RANKED_SAMPLES = 32  # NoMaD trajectories the world model ranks per plan (nomad+nwm, nomad+come)
-DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}  # about 2 for memory experts (docs/design.md)
+# About 2 for the memory experts (docs/design.md); 1 for the spatial expert since it has its recall path:
+# on the validation worlds, with relevance weights, guidance only overshot its sharp recalled frame
+# (docs/results.md, "Memory that earns its cost": +SLTM 22.00 dB at 512 frames with alpha 1 against 21.47
+# with alpha 2, and 18.88 against 17.79 at 50 frames).
+DEFAULT_ALPHAS = {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 1.0}
 # With ONE sampler step the contrastive term has no later step to correct its extrapolation: on the
 # validation worlds (docs/results.md, "Memory experts") alpha 2 put +STM, +SLTM and CoME 5-6 dB BELOW the base
 # at 1 DDIM step, alpha 1 put every composition above it. ``default_alphas`` picks by the step count.
@@ -31,6 +35,14 @@ DEFAULT_NORMALISE = True
 # worlds (docs/results.md, "Planning cost"): NWM's ATE did not improve with more DDIM steps (1.383 at 1 step,
 # 1.353 at 2, 20 samples), prediction PSNR is highest at 1, and a plan's time grows with the steps.
 DEFAULT_SAMPLER_STEPS = 1
+# Relevance weights (nav_come.compose, "Relevance weights"): an expert's share of the mixture when its
+# memory is most relevant to the prediction, against 1 when least: the SLTM by its retrieval distance
+# (RELEVANCE_NEAR_FAR, metres + 0.5 rad; experts.spatial.distance_alpha), the LTM by how much its adapter
+# lowers the loss on the recent frames (full weight at a RELEVANCE_FIT relative gain; experts.ltm.fit_weight).
+# Chosen on the validation worlds (docs/results.md, "Memory that earns its cost").
+DEFAULT_RELEVANCE = {"sltm": 16.0, "ltm": 1.0}
+RELEVANCE_NEAR_FAR = (0.25, 0.75)  # metres + 0.5 rad
+RELEVANCE_FIT = 0.1
 SEARCHES = ("paper", "seeded")  # NWM's CEM from its prior; CEM seeded with the policies' proposals
 
 
@@ -50,16 +62,19 @@ class Method:
     search: str | None = None
 
 
+# CoME's memory experts. The STM is left out: on the validation worlds it lowered every composition it
+# joined (docs/results.md, "Memory that earns its cost"); NWM+STM keeps it as its own method.
+COME_EXPERTS = ("ltm", "sltm")
 REGISTRY = {m.key: m for m in (
     Method("gnm", "GNM", "policy"),
     Method("nomad", "NoMaD", "policy"),
     Method("nwm", "NWM", "cem"),
     Method("nwm-paper", "NWM (paper protocol)", "cem", search="paper"),
-    Method("come", "CoME", "cem", ("stm", "ltm", "sltm")),
+    Method("come", "CoME", "cem", COME_EXPERTS),
     Method("nwm+stm", "NWM+STM", "cem", ("stm",)),
     Method("nwm+ltm", "NWM+LTM", "cem", ("ltm",)),
     Method("nomad+nwm", "NoMaD+NWM", "ranking", table=False),
-    Method("nomad+come", "NoMaD+CoME", "ranking", ("stm", "ltm", "sltm"), table=False),
+    Method("nomad+come", "NoMaD+CoME", "ranking", COME_EXPERTS, table=False),
 )}  # fmt: skip
 METHODS = tuple(REGISTRY)
 BY_LABEL = {m.label: m for m in REGISTRY.values()}
@@ -94,8 +109,10 @@ class PlanConfig:
     experts' training data, else the simulator's); alphas: {expert: alpha} of a memory method
     over ``default_alphas(sampler_steps)`` (0 leaves an expert out); distilled: a folder of
     networks distilled for ``sampler_steps`` (:mod:`nav_come.distill`) that replace the base and
-    the experts; length_weight, collision_weight: the cost's penalties (:mod:`planners.cost`; a
-    collision weight above 0 needs ``CKPT/collision``); precision: auto | fp32 | bf16.
+    the experts; relevance: {expert: weight at full relevance} of a memory method's composition
+    over ``DEFAULT_RELEVANCE`` (1: a fixed share); length_weight, collision_weight: the cost's
+    penalties (:mod:`planners.cost`; a collision weight above 0 needs ``CKPT/collision``);
+    precision: auto | fp32 | bf16.
     Policies ignore all of it.
     """
 
@@ -108,6 +125,7 @@ class PlanConfig:
     lpips_weights: str | None = _flag(None, "--lpips-weights", "TorchScript LPIPS module; without it LPIPS is not used")
     spacing: float | None = None
     alphas: dict[str, float] | None = None
+    relevance: dict[str, float] | None = None
     distilled: str | Path | None = _flag(None, "--distilled", "plan with the networks distilled for --steps in this "
                                          "folder (nav_come.distill)", type=Path)  # fmt: skip
     length_weight: float = _flag(0.0, "--length-weight", "CEM cost per spacing unit of path", type=float)
@@ -148,6 +166,10 @@ class PlanConfig:
         if unknown:
             raise ValueError(f"alphas for unknown experts {sorted(unknown)}; the experts: {', '.join(DEFAULT_ALPHAS)}")
 
+    def resolved_relevance(self) -> dict[str, float]:
+        """Every expert's weight at full relevance: the defaults under the given ones."""
+        return {**DEFAULT_RELEVANCE, **(self.relevance or {})}
+
     def resolved_alphas(self) -> dict[str, float]:
         """Every expert's alpha: the step count's defaults under the given ones."""
         return {**default_alphas(self.sampler_steps), **(self.alphas or {})}
@@ -169,6 +191,40 @@ def parse_alphas(items: list[str]) -> dict[str, float]:
     return out
 
 
+def relevance_weights(relevance: dict[str, float] | None = None) -> dict:
+    """{expert: weight function of its condition} for :class:`nav_come.compose.ComposedDenoiser`'s
+    ``weights``, from {expert: weight at full relevance} over ``DEFAULT_RELEVANCE`` (1: fixed)."""
+    from nav_come.experts import distance_alpha, fit_weight
+
+    relevance = {**DEFAULT_RELEVANCE, **(relevance or {})}
+    unknown = set(relevance) - set(DEFAULT_RELEVANCE)
+    if unknown:
+        raise ValueError(f"relevance weights for {sorted(unknown)}: only {' and '.join(DEFAULT_RELEVANCE)} have one")
+    out = {}
+    if relevance.get("sltm", 1.0) != 1.0:
+        out["sltm"] = distance_alpha(relevance["sltm"], 1.0, *RELEVANCE_NEAR_FAR)
+    if relevance.get("ltm", 1.0) != 1.0:
+        out["ltm"] = fit_weight(relevance["ltm"], 1.0, RELEVANCE_FIT)
+    return out
+
+
+def parse_relevance(items: list[str]) -> dict[str, float]:
+    """``["sltm=4", "ltm=2"]`` -> {"sltm": 4.0, "ltm": 2.0} (the rest keep ``DEFAULT_RELEVANCE``); one
+    line for a bad item."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in DEFAULT_RELEVANCE or not value:
+            raise ValueError(f"--relevance takes EXPERT=W with EXPERT in {' '.join(DEFAULT_RELEVANCE)}, got {item!r}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--relevance {item!r}: {value!r} is not a number") from None
+        if not out[name] > 0:
+            raise ValueError(f"--relevance {item!r}: the weight must be > 0 (1 keeps the expert's share fixed)")
+    return out
+
+
 def default_alphas(sampler_steps: int) -> dict[str, float]:
     """The experts' coefficients (base 1) for a sampler with this many steps: ``DEFAULT_ALPHAS``,
     or ``ONE_STEP_ALPHA`` for every memory expert with a one-step sampler."""
@@ -187,6 +243,9 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iterations", type=int, default=cem.CEMConfig.iterations, help="CEM iterations")
     g.add_argument("--alpha", nargs="+", default=[], metavar="EXPERT=A",
                    help="memory methods: an expert's coefficient (base 1); 0 leaves the expert out")  # fmt: skip
+    g.add_argument("--relevance", nargs="+", default=[], metavar="EXPERT=W",
+                   help="memory methods: an expert's share of the mixture at full relevance (1: fixed; default "
+                        f"{' '.join(f'{k}={v:g}' for k, v in DEFAULT_RELEVANCE.items())})")  # fmt: skip
     for f in fields(PlanConfig):
         if "flag" in f.metadata:
             extra = {k: v for k, v in f.metadata.items() if k not in ("flag", "help")}
@@ -209,4 +268,5 @@ def plan_config_from_args(args: argparse.Namespace, data: DataConfig, spacing: f
                                            iterations=args.iterations)  # fmt: skip
     settings = {f.name: getattr(args, f.name) for f in fields(PlanConfig) if "flag" in f.metadata}
     return PlanConfig(**{**settings, "sampler_steps": steps or DEFAULT_SAMPLER_STEPS, "cem_config": cem_config,
-                         "alphas": parse_alphas(args.alpha), "spacing": spacing})  # fmt: skip
+                         "alphas": parse_alphas(args.alpha), "relevance": parse_relevance(args.relevance),
+                         "spacing": spacing})  # fmt: skip

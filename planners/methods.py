@@ -12,11 +12,11 @@ Checkpoints live in one folder per dataset, the world model's folder with every 
 and policy beside it (``python -m nav_come.train_expert --out`` writes them there)::
 
     checkpoints/maze/{ae,base}     the world model (nav_come.world_model)
-    checkpoints/maze/{stm,sltm}    trained memory experts (CoME needs both, NWM+STM the STM)
+    checkpoints/maze/{stm,sltm}    trained memory experts (CoME needs the SLTM, NWM+STM the STM)
     checkpoints/maze/{ssm,full}    the memory baselines (the memory table only)
     checkpoints/maze/ltm/          optional: the LTM's settings only (see :func:`ltm_expert`)
     checkpoints/maze/{gnm,nomad}   the policies
-    checkpoints/maze/distilled/    optional: networks distilled for 1-2 DDIM steps (nav_come.distill)
+    checkpoints/maze/distilled/    optional, not shipped: networks distilled for 1-2 DDIM steps (nav_come.distill)
 
 The LTM has no trained weights: its LoRA adapter starts at zero on the base network and is
 trained at test time on the episode, so NWM+LTM needs only ``ae/`` and ``base/``.
@@ -60,6 +60,7 @@ from planners.config import (
     default_alphas,
     method,
     parse_alphas,
+    relevance_weights,
 )
 from planners.cost import GoalDistance
 from planners.planner import Planner, PlanResult, PolicyPlanner, PolicyProposals, RankingPlanner, WorldModelPlanner
@@ -243,7 +244,8 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
     if not names:
         return WorldModelPlanner(wm, cem_config, distance, config.rollouts, **penalties)
     experts = memory_experts(experts_dir, names, wm, device)
-    composed = ComposedDenoiser(experts, {n: alphas[n] for n in experts}, normalise=DEFAULT_NORMALISE,
+    weights = {n: w for n, w in relevance_weights(config.resolved_relevance()).items() if n in experts}
+    composed = ComposedDenoiser(experts, {n: alphas[n] for n in experts}, weights or None, normalise=DEFAULT_NORMALISE,
                                 schedule=wm.schedule, bf16=wm.bf16,
                                 max_batch=CPU_MAX_BATCH if torch.device(device).type == "cpu" else None)  # fmt: skip
     spacing = config.spacing or expert_spacing(layout.root, names) or METRIC_WAYPOINT_SPACING["nav_come_sim"]

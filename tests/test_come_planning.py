@@ -51,7 +51,7 @@ def plan(p: WorldModelPlanner, setup, t: int = 40, **kw) -> PlanResult:
 
 def test_come_plans_8_waypoints_in_one_batched_rollout_and_uses_the_history(setup, monkeypatch):
     p = planner(setup)
-    assert isinstance(p, WorldModelPlanner) and list(p.denoiser.experts) == ["base", "stm", "ltm", "sltm"]
+    assert isinstance(p, WorldModelPlanner) and list(p.denoiser.experts) == ["base", "ltm", "sltm"]
     with pytest.warns(UserWarning, match="no episode history"):
         alone = plan(p, setup, imagine=True)
     assert alone.waypoints.shape == (8, 3) and alone.imagined.shape == (8, 3, 32, 32) and alone.note
@@ -64,7 +64,7 @@ def test_come_plans_8_waypoints_in_one_batched_rollout_and_uses_the_history(setu
     recalled = plan(p, setup)
     assert encoded == [4]  # the context, once per plan (the history was encoded by observe)
     assert p.denoiser.stats.calls == 8 * 2  # one composed rollout: 8 steps × 2 sampler steps, all 12 candidates
-    assert p.denoiser.last.forwards == 3  # base + LTM + its partner share one forward; STM; SLTM
+    assert p.denoiser.last.forwards == 2  # base + LTM + its partner share one forward; SLTM
     assert recalled.note is None and recalled.waypoints.shape == (8, 3)
     assert recalled.cost != alone.cost
     p.observe(setup["frames"][:41].flip(0), setup["poses"][:41])  # the same places, other views
@@ -94,10 +94,10 @@ def test_single_memory_planners(setup, name, experts):
 
 
 def test_missing_experts_are_one_line_and_the_ltm_needs_no_weights(setup):
-    for name in ("come", "nwm+stm"):
-        with pytest.raises(MethodUnavailable, match="STM expert checkpoint .* is missing") as err:
+    for name, kind in (("come", "sltm"), ("nwm+stm", "stm")):
+        with pytest.raises(MethodUnavailable, match=f"{kind.upper()} expert checkpoint .* is missing") as err:
             planner(setup, name, ckpt="bare")
-        assert "\n" not in str(err.value) and "train_expert --expert stm" in str(err.value)
+        assert "\n" not in str(err.value) and f"train_expert --expert {kind}" in str(err.value)
     ltm = planner(setup, "nwm+ltm", ckpt="bare").denoiser.experts["ltm"]
     assert ltm.config.exclude_recent == 32 and ltm.config.lora.rank == 16  # defaults without ltm/
 
@@ -161,5 +161,5 @@ def test_one_step_samplers_compose_with_their_own_alphas(setup):
     assert default_alphas(1) == {"base": 1.0, **dict.fromkeys(("stm", "ltm", "sltm"), ONE_STEP_ALPHA)}
     cfg = cem.CEMConfig(n_candidates=6, top_k=2)
     p = load_method("come", setup["root"] / "ckpt", cem_config=cfg, distance="dssim", sampler_steps=1)
-    assert p.denoiser.alphas == {"base": 1.0, "stm": ONE_STEP_ALPHA, "ltm": ONE_STEP_ALPHA, "sltm": ONE_STEP_ALPHA}
+    assert p.denoiser.alphas == {"base": 1.0, "ltm": ONE_STEP_ALPHA, "sltm": ONE_STEP_ALPHA}
     assert p.denoiser.max_batch == CPU_MAX_BATCH  # on a CPU, two 360-sample branches run as two forwards

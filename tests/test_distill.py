@@ -289,17 +289,3 @@ def test_the_eval_scripts_sample_with_the_distilled_networks(tmp_path):
         same = [a == b for a, b in zip(quality(distilled), quality(multistep), strict=True)]
         assert same == ["STM" not in r["method"] for r in multistep["rows"]] and len(same) >= 2
     assert predict.main([*runs["windows"][1], "--distilled", str(root), "--steps", "2"]) == 2
-
-
-def test_the_shipped_distilled_networks_match_the_shipped_experts():
-    """checkpoints/maze/distilled/1step holds base, STM and SLTM distilled from exactly the shipped
-    networks (their recorded hashes), and CoME plans with them."""
-    from nav_come.core.checkpoint import SHIPPED_CHECKPOINT
-
-    root = SHIPPED_CHECKPOINT / DISTILLED_DIR
-    for name in ("base", "stm", "sltm"):
-        meta = json.loads((distilled_dir(root, 1) / name / CONFIG).read_text())["metadata"]
-        assert meta["original_hash"] == checkpoint_hash(SHIPPED_CHECKPOINT / name), name
-        assert meta["sampler_steps"] == 1 and meta["rounds"] == [4, 2, 1]
-    planner = load_method("come", SHIPPED_CHECKPOINT, distilled=root, sampler_steps=1)
-    assert planner.world_model.sampler_steps == 1 and set(planner.denoiser.experts) == {"base", "stm", "ltm", "sltm"}

@@ -84,7 +84,7 @@ def test_json_contract_rows_and_figure(setup, report):
         assert row["lpips"] is None and row["n"] == 3  # no LPIPS weights on this machine
         assert row["s_per_frame"] > 0 and row["peak_mb"] >= 0
     assert report["skipped"] == {} and report["split"] == "test" and report["seed"] == 3
-    assert report["alphas"] == {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 2.0}
+    assert report["alphas"] == {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 1.0}
     assert (setup / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -39,3 +39,18 @@ def test_a_prediction_table_has_a_column_per_horizon(tmp_path):
     assert table[0] == "| method | PSNR@1 | PSNR@4 | SSIM@1 | SSIM@4 |"
     assert table[2] == "| world model | 21.00 | 24.00 | 0.500 | 0.500 |"
     assert table[3].startswith("| copy last frame | 11.00")
+
+
+def test_a_memory_table_has_a_column_per_context_and_the_revisit_split(tmp_path):
+    def row(method, L, psnr, revisit, other):
+        return {"method": method, "context": L, "psnr": psnr, "psnr_se": 0.5, "ssim": 0.6, "ssim_se": 0.01,
+                "s_per_frame": 0.1, "revisit": {"psnr": revisit, "n": 3}, "non_revisit": {"psnr": other, "n": 2}}
+
+    rows = [row(m, L, p + L / 100, p + 1, p - 1) for m, p in (("Base", 19.0), ("CoME", 20.0)) for L in (50, 512)]
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "x.json").write_text(json.dumps({"rows": rows}))
+    table = report.memory_ablation(tmp_path, "memory/x.json").splitlines()
+    assert table[0] == ("| method | PSNR L=50 | PSNR L=512 | SSIM L=512 | revisit L=512 | non-revisit L=50 | "
+                        "s/frame L=512 |")  # fmt: skip
+    assert table[2] == "| Base | 19.50 | 24.12 ± 0.50 | 0.600 | 20.00 | 18.00 | 0.100 |"
+    assert len(table) == 4

@@ -53,7 +53,7 @@ def test_nwm_is_the_base_expert_alone(ckpt):
     assert isinstance(nwm, WorldModelPlanner) and list(nwm.denoiser.experts) == ["base"]
     assert nwm.denoiser.alphas == {"base": 1.0} and nwm.denoiser.experts["base"].network is nwm.world_model.dit
     come = load_method("come", ckpt, config=SMALL)
-    assert type(come) is type(nwm) and list(come.denoiser.experts) == ["base", "stm", "ltm", "sltm"]
+    assert type(come) is type(nwm) and list(come.denoiser.experts) == ["base", "ltm", "sltm"]
 
 
 def test_the_registry_names_each_method_once():
@@ -81,7 +81,7 @@ def test_the_cli_group_is_the_config():
     add_plan_args(p)
     config = plan_config_from_args(p.parse_args([]), data_config("nav_come_sim"))
     assert {k: v for k, v in vars(config).items() if k != "cem_config"} == {
-        k: v for k, v in vars(PlanConfig()).items() if k != "cem_config"} | {"alphas": {}}
+        k: v for k, v in vars(PlanConfig()).items() if k != "cem_config"} | {"alphas": {}, "relevance": {}}
     assert config.cem_config.n_candidates == 120 and config.cem_config.top_k == 5
     args = p.parse_args(["--steps", "2", "--rollouts", "1", "--distance", "pixel_mse", "--alpha", "stm=1.5",
                          "--candidates", "10", "--top-k", "3", "--precision", "fp32", "--length-weight", "0.5"])

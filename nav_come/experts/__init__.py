@@ -27,7 +27,7 @@ import torch
 from nav_come.core.checkpoint import CheckpointError, load_checkpoint, read_config, register_kind, save_checkpoint
 from nav_come.experts.baselines import FullExpert, Sliding, SSMExpert
 from nav_come.experts.common import BaseExpert, Condition, Expert
-from nav_come.experts.ltm import LTMConfig, LTMExpert, MemorizeReport
+from nav_come.experts.ltm import LTMConfig, LTMExpert, MemorizeReport, fit_weight
 from nav_come.experts.memory_dit import MemoryDiT, MemoryDiTConfig
 from nav_come.experts.spatial import SpatialConfig, SpatialExpert, copy_nearest, distance_alpha
 from nav_come.experts.stm import MemoryExpert, MemoryExpertConfig, STMExpert
@@ -82,6 +82,7 @@ __all__ = [
     "SpatialExpert",
     "copy_nearest",
     "distance_alpha",
+    "fit_weight",
     "load_expert",
     "save_expert",
 ]

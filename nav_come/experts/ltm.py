@@ -12,6 +12,11 @@ about ``steps_per_frame`` = 2 AdamW steps per stored frame at lr 1e-4 (docs/desi
   long-term since the last call, half of each batch on them and half replayed from the rest.
   Both return a :class:`MemorizeReport` with the time per stored frame.
 - :meth:`LTMExpert.reset` puts the adapter back to zero between episodes.
+- After each memorisation the expert measures how well the adapter fits the **recent** frames
+  it did not train on (:meth:`LTMExpert.fit_gain`: the relative drop of the diffusion loss
+  on windows ending in the last ``exclude_recent`` frames, adapter on against off, same draws).
+  A robot back in a place it memorised gets a large gain; the condition carries it as
+  ``info["fit"]``, and :func:`fit_weight` turns it into a relevance weight for the composition.
 - Its contrastive partner is the same network with the adapter off, same context.
 
 :meth:`LTMExpert.attach` puts the adapter on the base expert's own network, in place; the
@@ -25,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -80,6 +85,7 @@ class MemorizeReport:
     seconds: float = 0.0
     loss_first: float | None = None
     loss_last: float | None = None
+    fit_gain: float = 0.0
 
     @property
     def s_per_frame(self) -> float | None:
@@ -124,6 +130,7 @@ class LTMExpert(Expert):
         reset_lora(self.network, self.generator)
         self.optimizer: torch.optim.Optimizer | None = None
         self.memorised = -1  # newest frame memorised so far
+        self.fit = 0.0  # fit_gain after the last memorisation
 
     def memorize(self, memory: EpisodeMemory) -> MemorizeReport:
         """Start over and memorise the long-term past of ``memory``."""
@@ -158,7 +165,8 @@ class LTMExpert(Expert):
             for _ in range(steps):
                 losses.append(self._step(windows, fresh, device))
         self.memorised = limit
-        return MemorizeReport(n_frames, steps, time.perf_counter() - start, losses[0], losses[-1])
+        self.fit = self.fit_gain(memory)
+        return MemorizeReport(n_frames, steps, time.perf_counter() - start, losses[0], losses[-1], self.fit)
 
     def _step(self, windows: LatentWindowDataset, fresh: torch.Tensor, device: torch.device) -> float:
         """One AdamW step on a batch: half windows ending on new frames, half from the whole past."""
@@ -189,9 +197,48 @@ class LTMExpert(Expert):
                 losses.append(dit_training_loss(self.network, batch, g, dropout=False).item())
         return sum(losses) / len(losses)
 
+    @torch.no_grad()
+    def fit_gain(self, memory: EpisodeMemory, draws: int = 4) -> float:
+        """Relative drop of the diffusion loss, adapter on against off, on windows whose newest
+        context frame is among the last ``exclude_recent`` frames of ``memory`` (the frames the
+        adapter never trained on); the same windows and noise for both, from a generator of
+        its own (the memorisation's draws are untouched). 0 before anything was memorised."""
+        cfg = self.config
+        if self.memorised < 0:
+            return 0.0
+        windows = self._windows(memory, memory.now)
+        recent = (windows.index > memory.now - cfg.exclude_recent).nonzero()[:, 0]
+        if not len(recent):
+            return 0.0
+        g, device = torch.Generator().manual_seed(cfg.seed), next(self.network.parameters()).device
+        loss = {True: 0.0, False: 0.0}
+        for _ in range(draws):
+            items = recent[torch.randint(len(recent), (cfg.batch_size,), generator=g)]
+            shift = 1 + (torch.rand(cfg.batch_size, generator=g) * windows.ahead[items]).long()
+            batch = {k: v.to(device) for k, v in windows.gather(items, shift).items()}
+            state = g.get_state()
+            for on in (True, False):
+                g.set_state(state)  # the same t and noise with and without the adapter
+                mask = torch.full((cfg.batch_size,), on, dtype=torch.bool, device=device)
+                with adapter_mask(self.network, mask), autocast(device, cfg.bf16):
+                    loss[on] += dit_training_loss(self.network, batch, g, dropout=False).item()
+        return (loss[False] - loss[True]) / loss[False] if loss[False] > 0 else 0.0
+
     def condition(self, memory: EpisodeMemory, query: Query) -> Condition:
-        return Condition(query_kwargs(query))
+        return Condition(query_kwargs(query), {"fit": self.fit})
 
     def branches(self, cond: Condition) -> tuple[Branch, Branch]:
         kw = {**cond.kwargs, "uncond": False}
         return Branch(self.network, kw, adapter=True), Branch(self.network, dict(kw), adapter=False)
+
+
+def fit_weight(high: float, low: float = 1.0, full: float = 0.1) -> Callable[[Condition], float]:
+    """Relevance weight of the LTM from its adapter's fit on the recent frames (``info["fit"]``):
+    ``low`` at no gain (or a loss), ``high`` from a relative gain of ``full`` on, linear between."""
+    if not full > 0:
+        raise ValueError(f"full must be > 0, got {full}")
+
+    def weight(cond: Condition) -> float:
+        return low + (high - low) * min(max(cond.info["fit"] / full, 0.0), 1.0)
+
+    return weight

@@ -17,6 +17,19 @@ Training drops the whole retrieval for 15% of the samples (``retrieval_dropout``
 retrieved view is nearly the answer; :func:`copy_nearest` is the naive-recall baseline that
 returns the nearest retrieved frame, and :func:`distance_alpha` gives an alpha that depends
 on how near the best retrieved frame is.
+
+**Recall path** (``SpatialConfig.recall``, :class:`RecallDiT`). Learning to copy a frame
+through a transformer takes long training; the recall path gives the nearest retrieved latent
+``r`` a direct route to the output instead. The network's own estimate ``x0_net`` is blended
+per latent pixel::
+
+    x0 = x0_net + sigma_t · g · (r - x0_net),   g = hard_sigmoid(gate(x0_net, r, pose of r, logSNR)) in [0, 1]
+
+``g`` is 0 where nothing was retrieved, for the unconditional branch and under retrieval
+dropout, so the partners are untouched. The factor ``sigma_t`` (1 at t = 1, 0 at t = 0) keeps
+the v-loss of the blend bounded where ``x_t`` alone pins x0 down. The hard sigmoid reaches 0
+and 1 exactly, so a gate that is sure returns the recalled latent itself at t = 1 (a one-step
+prediction is then exactly the recalled frame).
 """
 
 from __future__ import annotations
@@ -26,10 +39,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from nav_come.compose import Branch
-from nav_come.diffusion import diffusion_loss
-from nav_come.dit import DiT, DiTConfig
+from nav_come.diffusion import COSINE, diffusion_loss
+from nav_come.dit import DiT, DiTConfig, _mask
 from nav_come.experts.common import (
     FRAME_FEATURES,
     POSE_FEATURES,
@@ -44,6 +58,87 @@ from nav_come.experts.common import (
 )
 from nav_come.memory_bank import EpisodeMemory, FrameStore, Query, RetrievalConfig
 
+RECALL_HIDDEN = 32  # width of the recall gate
+RECALL_MARGIN = 0.05  # the hard sigmoid reaches 0 and 1 where sigmoid(z) is within this of them
+RECALL_START = -2.5  # gate logit at the start: g = 0.03, the network's own estimate almost unchanged
+
+
+def hard_sigmoid(z: torch.Tensor, margin: float = RECALL_MARGIN) -> torch.Tensor:
+    """A sigmoid stretched by ``margin`` and clipped to [0, 1]: exactly 0 and 1 are reachable."""
+    return (torch.sigmoid(z) * (1 + 2 * margin) - margin).clamp(0, 1)
+
+
+class RecallGate(nn.Module):
+    """Per-pixel gate (B, 1, h, w) in [0, 1] from the network's x0, the recalled latent, the
+    recalled frame's pose features and found flag (B, FRAME_FEATURES) and the log-SNR (B,)."""
+
+    def __init__(self, channels: int, hidden: int = RECALL_HIDDEN):
+        super().__init__()
+        self.pixels = nn.Sequential(nn.Conv2d(3 * channels, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, 1, 1))
+        self.sample = nn.Sequential(nn.Linear(FRAME_FEATURES + 1, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        for last in (self.pixels[-1], self.sample[-1]):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        nn.init.constant_(self.sample[-1].bias, RECALL_START)
+
+    def forward(
+        self, x0: torch.Tensor, recalled: torch.Tensor, features: torch.Tensor, logsnr: torch.Tensor
+    ) -> torch.Tensor:
+        z = self.pixels(torch.cat([x0, recalled, x0 - recalled], 1))  # (B, 1, h, w)
+        z = z + self.sample(torch.cat([features, logsnr[:, None] / 10], 1))[:, :, None, None]
+        return hard_sigmoid(z.float())
+
+
+class RecallDiT(DiT):
+    """The spatial expert's DiT with the recall path (module docstring): the nearest retrieved
+    latent (``extra_frames[:, 0]``) reaches the output through a gated blend of x0."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__(config)
+        if not config.extra_frames or config.extra_cond_dim < FRAME_FEATURES:
+            raise ValueError("the recall path needs retrieved frames (extra_frames >= 1) and their features")
+        self.memory_recall = RecallGate(config.latent_channels)
+        self.schedule = COSINE
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | float,
+        context: torch.Tensor,
+        action: torch.Tensor,
+        shift: torch.Tensor | int = 1,
+        uncond: torch.Tensor | None = None,
+        drop_action: torch.Tensor | None = None,
+        extra_frames: torch.Tensor | None = None,
+        extra_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        v = super().forward(x_t, t, context, action, shift, uncond, drop_action, extra_frames, extra_cond)
+        if extra_frames is None or extra_cond is None:
+            return v
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32).expand(x_t.shape[0])
+        x = x_t.float()
+        x0 = self.schedule.x0_from_v(x, v.float(), t)
+        weight = self.recall_weight(x0, t, extra_frames, extra_cond, uncond)
+        blended = self.schedule.v_from_x0(x, x0 + weight * (extra_frames[:, 0].float() - x0), t)
+        return torch.where(weight.flatten(1).amax(1)[:, None, None, None] > 0, blended, v)  # no gate: v exactly
+
+    def recall_weight(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        extra_frames: torch.Tensor,
+        extra_cond: torch.Tensor,
+        uncond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The blend weight ``sigma_t · g`` (B, 1, h, w) of the recalled latent, given the
+        network's x0 (B, c, h, w) and t (B,); 0 where nothing was found or ``uncond``."""
+        B, device = x0.shape[0], x0.device
+        recalled, features = extra_frames[:, 0].float(), extra_cond[:, :FRAME_FEATURES].float()  # nearest first
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        on = (features[:, -1] > 0) & ~_mask(uncond, B, device)  # (B,) found, and not the null condition
+        g = self.memory_recall(x0, recalled, features, 2 * torch.log(alpha / sigma))  # (B, 1, h, w)
+        return g * (sigma * on)[:, None, None, None]
+
 
 def spatial_cond_dim(k: int) -> int:
     """adaLN memory vector size for k retrieved frames: k × (pose features + found) + absolute pose."""
@@ -54,12 +149,14 @@ def spatial_cond_dim(k: int) -> int:
 class SpatialConfig:
     """net: the network's config (extra_frames = k); retrieval: the bank query;
     retrieval_dropout: training probability of dropping the retrieval; contrast: the partner,
-    "null" (unconditional branch) or "memory" (same context and action, no retrieval)."""
+    "null" (unconditional branch) or "memory" (same context and action, no retrieval);
+    recall: the network has the recall path (:class:`RecallDiT`)."""
 
     net: DiTConfig | dict
     retrieval: RetrievalConfig | dict = field(default_factory=RetrievalConfig)
     retrieval_dropout: float = 0.15
     contrast: str = "null"
+    recall: bool = False
 
     def __post_init__(self) -> None:
         self.net = dit_config_of(self.net)
@@ -85,7 +182,7 @@ class SpatialExpert(Expert):
     def __init__(self, config: SpatialConfig, network: DiT | None = None):
         super().__init__()
         self.config = config
-        self.network = network if network is not None else DiT(config.net)
+        self.network = network if network is not None else (RecallDiT if config.recall else DiT)(config.net)
 
     @classmethod
     def from_base(
@@ -94,11 +191,15 @@ class SpatialExpert(Expert):
         retrieval: RetrievalConfig | None = None,
         retrieval_dropout: float = 0.15,
         contrast: str = "null",
+        recall: bool = False,
     ) -> SpatialExpert:
-        """The expert started exactly at ``base`` (zero-initialised memory pathways)."""
+        """The expert started at ``base``: a base world model (zero-initialised memory pathways,
+        exactly the base), or a spatial expert's network of the same k (its weights; with
+        ``recall`` a new recall path whose gate starts almost closed)."""
         retrieval = retrieval or RetrievalConfig()
-        network = DiT.from_base(base, extra_frames=retrieval.k, extra_cond_dim=spatial_cond_dim(retrieval.k))
-        return cls(SpatialConfig(network.config, retrieval, retrieval_dropout, contrast), network)
+        network_cls = RecallDiT if recall else DiT
+        network = network_cls.from_base(base, extra_frames=retrieval.k, extra_cond_dim=spatial_cond_dim(retrieval.k))
+        return cls(SpatialConfig(network.config, retrieval, retrieval_dropout, contrast, recall), network)
 
     def memory_inputs(
         self, store: FrameStore, target: torch.Tensor, end: torch.Tensor, episode: torch.Tensor
