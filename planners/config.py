@@ -177,18 +177,23 @@ class PlanConfig:
 
 
 
-def parse_alphas(items: list[str]) -> dict[str, float]:
-    """["stm=2", "ltm=1.5"] -> {"stm": 2.0, "ltm": 1.5}; ValueError names the bad item."""
+def _expert_values(items: list[str], flag: str, names, metavar: str) -> dict[str, float]:
+    """``["stm=2", "ltm=1.5"]`` -> {"stm": 2.0, "ltm": 1.5} for experts in ``names``; ValueError names the bad item."""
     out = {}
     for item in items:
         name, _, value = item.partition("=")
-        if name not in DEFAULT_ALPHAS or not value:
-            raise ValueError(f"--alpha takes EXPERT=VALUE with EXPERT in {' '.join(DEFAULT_ALPHAS)}, got {item!r}")
+        if name not in names or not value:
+            raise ValueError(f"{flag} takes EXPERT={metavar} with EXPERT in {' '.join(names)}, got {item!r}")
         try:
             out[name] = float(value)
         except ValueError:
-            raise ValueError(f"--alpha {item!r}: {value!r} is not a number") from None
+            raise ValueError(f"{flag} {item!r}: {value!r} is not a number") from None
     return out
+
+
+def parse_alphas(items: list[str]) -> dict[str, float]:
+    """["stm=2", "ltm=1.5"] -> {"stm": 2.0, "ltm": 1.5}; ValueError names the bad item."""
+    return _expert_values(items, "--alpha", DEFAULT_ALPHAS, "VALUE")
 
 
 def relevance_weights(relevance: dict[str, float] | None = None) -> dict:
@@ -211,17 +216,10 @@ def relevance_weights(relevance: dict[str, float] | None = None) -> dict:
 def parse_relevance(items: list[str]) -> dict[str, float]:
     """``["sltm=4", "ltm=2"]`` -> {"sltm": 4.0, "ltm": 2.0} (the rest keep ``DEFAULT_RELEVANCE``); one
     line for a bad item."""
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if name not in DEFAULT_RELEVANCE or not value:
-            raise ValueError(f"--relevance takes EXPERT=W with EXPERT in {' '.join(DEFAULT_RELEVANCE)}, got {item!r}")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise ValueError(f"--relevance {item!r}: {value!r} is not a number") from None
-        if not out[name] > 0:
-            raise ValueError(f"--relevance {item!r}: the weight must be > 0 (1 keeps the expert's share fixed)")
+    out = _expert_values(items, "--relevance", DEFAULT_RELEVANCE, "W")
+    for name, w in out.items():
+        if not w > 0:
+            raise ValueError(f"--relevance {name}={w:g}: the weight must be > 0 (1 keeps the expert's share fixed)")
     return out
 
 
