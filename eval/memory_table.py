@@ -179,6 +179,13 @@ def load_samples(data: Path, split_dir, dataset, n: int | None, split: str = "te
     return [samples[i] for i in keep]
 
 
+def _composition(world_model, experts: dict, names, alphas: dict, weights: dict | None, contrastive: bool,
+                 normalise: bool) -> ComposedDenoiser:  # fmt: skip
+    """The experts ``names`` composed on the world model's schedule and precision."""
+    return ComposedDenoiser({n: experts[n] for n in names}, alphas, weights or None, contrastive, normalise,
+                            schedule=world_model.schedule, bf16=world_model.bf16)  # fmt: skip
+
+
 def denoisers(
     world_model, experts: dict, alphas: dict, normalise: bool, missing: dict, rows=None, relevance=None
 ) -> tuple[dict, dict]:
@@ -197,9 +204,7 @@ def denoisers(
         alone = len(names) == 1  # the expert itself (alpha 1)
         coefficients = {n: 1.0 if alone else alphas.get(n, 1.0) for n in names}
         shares = {n: w for n, w in weights.items() if n in names} if relevant and not alone else None
-        out[row] = ComposedDenoiser({n: experts[n] for n in names}, coefficients, shares, contrastive,
-                                    normalise and not alone, schedule=world_model.schedule,
-                                    bf16=world_model.bf16)  # fmt: skip
+        out[row] = _composition(world_model, experts, names, coefficients, shares, contrastive, normalise and not alone)
     if rows is None or COPY_NEAREST in rows:
         out[COPY_NEAREST] = CopyNearest(world_model.context, world_model.schedule)
     return out, skipped
@@ -213,9 +218,8 @@ def variant_rows(world_model, experts: dict, alphas: dict, normalise: bool, vari
         relevance = {**DEFAULT_RELEVANCE, **given}
         label = "CoME [" + " ".join(f"{k}={v:g}" for k, v in relevance.items()) + "]"
         weights = {n: w for n, w in relevance_weights(relevance).items() if n in COME}
-        out[label] = ComposedDenoiser({n: experts[n] for n in COME}, {n: alphas.get(n, 1.0) for n in COME},
-                                      weights or None, True, normalise, schedule=world_model.schedule,
-                                      bf16=world_model.bf16)  # fmt: skip
+        out[label] = _composition(world_model, experts, COME, {n: alphas.get(n, 1.0) for n in COME}, weights, True,
+                                  normalise)  # fmt: skip
     return out
 
 

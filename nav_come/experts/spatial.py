@@ -107,18 +107,17 @@ class RecallDiT(DiT):
         context: torch.Tensor,
         action: torch.Tensor,
         shift: torch.Tensor | int = 1,
-        uncond: torch.Tensor | None = None,
-        drop_action: torch.Tensor | None = None,
-        extra_frames: torch.Tensor | None = None,
-        extra_cond: torch.Tensor | None = None,
+        **kwargs,
     ) -> torch.Tensor:
-        v = super().forward(x_t, t, context, action, shift, uncond, drop_action, extra_frames, extra_cond)
+        """:meth:`DiT.forward` (the rest of its arguments by keyword), then the recall blend."""
+        v = super().forward(x_t, t, context, action, shift, **kwargs)
+        extra_frames, extra_cond = kwargs.get("extra_frames"), kwargs.get("extra_cond")
         if extra_frames is None or extra_cond is None:
             return v
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32).expand(x_t.shape[0])
         x = x_t.float()
         x0 = self.schedule.x0_from_v(x, v.float(), t)
-        weight = self.recall_weight(x0, t, extra_frames, extra_cond, uncond)
+        weight = self.recall_weight(x0, t, extra_frames, extra_cond, kwargs.get("uncond"))
         blended = self.schedule.v_from_x0(x, x0 + weight * (extra_frames[:, 0].float() - x0), t)
         return torch.where(weight.flatten(1).amax(1)[:, None, None, None] > 0, blended, v)  # no gate: v exactly
 
