@@ -152,6 +152,50 @@ def outdoor_test(results: Path) -> str:
     return ate_table(results, "planning_outdoor/test100_seeded.json")
 
 
+NAVIGATE_TEST = ["navigate/test40_policies_k1.json", "navigate/test40_policies_k4.json", "navigate/test40.json"]
+NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), ("NWM@8", "GNM@8"),
+                  ("CoME@8", "GNM@4"), ("CoME@8", "NWM@8")]
+
+
+def navigate_table(results: Path, names: list[str]) -> str:
+    """``eval/navigate.py`` JSONs: one row per method and JSON, with its replanning interval."""
+    lines = ["| method | replan every | success | revisit | non-revisit | SPL | collisions / episode | s/decision | "
+             "episodes |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in names:
+        report = _load(results, name)
+        for r in report["rows"]:
+            split = [f"{v:.2f}" if v == v else "-" for v in (r["revisit_success"], r["nonrevisit_success"])]
+            lines.append(f"| {r['method']} | {report['replan_every']} | {r['success']:.2f} | "
+                         f"{split[0]} | {split[1]} | {r['spl']:.2f} | "
+                         f"{r['collisions']:.1f} | {r['s_per_decision']:.2f} | {r['episodes']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def paired_success(results: Path, names: list[str], pairs: list[tuple[str, str]]) -> str:
+    """Success differences between methods on the episodes both ran, each method named with its
+    replanning interval as ``METHOD@K`` (the runs must share their episode seed): mean and one
+    paired standard error, on all episodes and on the revisits."""
+    episodes = {}
+    for name in names:
+        report = _load(results, name)
+        episodes.update({f"{m}@{report['replan_every']}": eps for m, eps in report["episodes"].items()})
+    lines = ["| difference | all episodes | revisits | episodes (revisits) |", "|---|---|---|---|"]
+    for a, b in pairs:
+        if a not in episodes or b not in episodes:
+            continue
+        by_k = {e["episode"]: e for e in episodes[b]}
+        both = [(e, by_k[e["episode"]]) for e in episodes[a] if e["episode"] in by_k]
+        cells = []
+        for keep in (lambda e: True, lambda e: e["revisit"]):
+            d = [float(x["success"]) - float(y["success"]) for x, y in both if keep(x)]
+            se = f" ± {statistics.stdev(d) / len(d) ** 0.5:.2f}" if len(d) > 1 else ""
+            cells.append(f"{statistics.mean(d):+.2f}{se}" if d else "-")
+        n_rev = sum(x["revisit"] for x, _ in both)
+        label = f"{a} − {b}".replace("@", " every ")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {len(both)} ({n_rev}) |")
+    return "\n".join(lines)
+
+
 def _cell(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if value is not None else "-"
 
@@ -220,6 +264,12 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "memory-stm-val": lambda results: memory_ablation(results, "memory_val/old_sltm_ltm_relevance.json"),
     "memory-final-val": lambda results: memory_ablation(results, "memory_val/final_sltm.json"),
     "memory-test": lambda results: memory_ablation(results, "memory/maze_test.json"),
+    "navigate-val": lambda results: navigate_table(results, [f"navigate_val/policies_k{k}.json" for k in (1, 2, 4, 8)]
+                                                   + [f"navigate_val/nwm_k{k}.json" for k in (4, 8)]),
+    "navigate-val-policies": lambda results: navigate_table(results, [f"navigate_val/policies20_k{k}.json"
+                                                                      for k in (1, 2, 4, 8)]),
+    "navigate-test": lambda results: navigate_table(results, NAVIGATE_TEST),
+    "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
 }
 
 

@@ -12,8 +12,11 @@ into two 8-variable box-constrained least squares, one in v and one in w, which
 accelerated projected gradient solves to 1e-10 (``tests/test_planning.py``
 checks it against cvxpy).
 
-``MPC`` re-plans at every step from the frames the robot actually sees,
-warm-starting the CEM from the previous plan, and returns the first command.
+``MPC`` plans from the frames the robot actually sees, warm-starting NWM's CEM
+from the previous plan, and returns the first command. With ``replan_every`` k > 1
+it plans every k-th step only and in between tracks the rest of the last plan:
+its waypoints are kept in the world frame and re-expressed from the robot's
+current pose (odometry) at each step.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from nav_come.core.geometry import wrap_angle
+from nav_come.core.geometry import robot_to_world, world_to_robot, wrap_angle
 
 
 class TrackingController:
@@ -123,12 +126,21 @@ def box_least_squares(A: np.ndarray, b: np.ndarray, bound: float, tol: float = 1
 
 
 class MPC:
-    """Plan from the last frames, track the plan, repeat; planner state is warm-started."""
+    """Plan from the last frames, track the plan, repeat; planner state is warm-started.
 
-    def __init__(self, planner, controller: TrackingController, spacing: float, context: int = 4):
+    replan_every: plan at every k-th step and track the last plan's remaining waypoints in
+    between (needs the robot's pose at each step; without one it plans every step)."""
+
+    def __init__(self, planner, controller: TrackingController, spacing: float, context: int = 4,
+                 replan_every: int = 1):
+        if replan_every < 1:
+            raise ValueError(f"replan_every must be >= 1, got {replan_every}")
         self.planner, self.controller, self.spacing = planner, controller, spacing
+        self.replan_every = replan_every
         self.frames: deque = deque(maxlen=context)
         self.previous = None
+        self.route = None  # (K, 3) the last plan's waypoints in the world frame (x, y metres, yaw)
+        self.since = 0  # steps since the last plan
 
     def reset(self, first_frame: np.ndarray, pose=None, history: tuple | None = None) -> None:
         """Start an episode: the context is the first frame repeated.
@@ -140,7 +152,7 @@ class MPC:
         self.frames.clear()
         for _ in range(self.frames.maxlen):
             self.frames.append(first_frame)
-        self.previous = None
+        self.previous, self.route, self.since = None, None, 0
         self.controller.reset()
         if self.planner.uses_memory and pose is not None:
             frames, poses = history if history is not None else (np.zeros((0, *first_frame.shape), np.uint8),
@@ -150,14 +162,29 @@ class MPC:
     def act(self, frame: np.ndarray, goal: np.ndarray, generator: torch.Generator | None = None, pose=None,
             first: bool = False):
         """frame, goal: uint8 (H, W, 3); pose: the frame's world pose, fed to a memory-carrying
-        planner (skipped for the first frame, which ``reset`` observed). Returns ((v, w), plan)."""
+        planner (skipped for the first frame, which ``reset`` observed) and used to track a plan
+        between replans. Returns ((v, w), plan): plan is the new PlanResult, or None on a step that
+        tracked the last one."""
         self.frames.append(frame)
         if self.planner.uses_memory and pose is not None and not first:
             self.planner.observe(frame[None], np.asarray(pose)[None], append=True)
+        self.since += 1
+        if self.route is not None and pose is not None and self.since < min(self.replan_every, len(self.route)):
+            return self.controller(self._remaining(np.asarray(pose, float))), None
         ctx = torch.from_numpy(np.stack(self.frames)).float().div(255).movedim(-1, -3)[None]  # (1, C, 3, H, W)
         g = torch.from_numpy(goal).float().div(255).movedim(-1, -3)  # (3, H, W)
         plan = self.planner(ctx, g, generator, warm_start=self.previous)
         self.previous = plan if plan.mean is not None else None
         wp = plan.waypoints.numpy().astype(float)
         wp_m = np.concatenate([wp[:, :2] * self.spacing, wrap_angle(wp[:, 2:])], 1)
+        self.since, self.route = 0, None
+        if pose is not None:
+            pose = np.asarray(pose, float)
+            self.route = np.concatenate([robot_to_world(wp_m[:, :2], pose[:2], pose[2]),
+                                         wrap_angle(wp_m[:, 2:] + pose[2])], 1)  # fmt: skip
         return self.controller(wp_m), plan
+
+    def _remaining(self, pose: np.ndarray) -> np.ndarray:
+        """The last plan's waypoints not yet due, in the robot's current frame (metres, radians)."""
+        rest = self.route[self.since:]
+        return np.concatenate([world_to_robot(rest[:, :2], pose[:2], pose[2]), wrap_angle(rest[:, 2:] - pose[2])], 1)

@@ -101,7 +101,9 @@ def test_the_env_refuses_to_step_past_the_end():
 def test_navigate_refuses_zero_episodes(capsys):
     assert navigate.main(["--episodes", "0", "--methods", "GNM"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--episodes and --max-steps must be >= 1" in err[0]
+    assert len(err) == 1 and "--episodes, --max-steps and --replan-every must be >= 1" in err[0]
+    assert navigate.main(["--replan-every", "0", "--methods", "GNM"]) == 2
+    assert "got 40, 80, 0" in capsys.readouterr().err
 
 
 def test_resume_refuses_regenerated_data_and_retrained_weights(tmp_path, capsys):

@@ -203,6 +203,50 @@ def test_mpc_warm_starts_the_planner_and_returns_a_command():
     assert v > 0.5 and abs(w) < 1e-3
 
 
+def test_mpc_replans_every_k_steps_and_tracks_the_plan_from_the_pose():
+    from planners.methods import PlanResult
+    from planners.mpc import MPC, TrackingController
+
+    calls = []
+
+    class Planner:  # a straight line ahead, 1 spacing unit per step
+        uses_memory = False
+
+        def __call__(self, ctx, goal, generator=None, warm_start=None):
+            calls.append(1)
+            return PlanResult(torch.tensor([[k, 0.0, 0.0] for k in range(1, 9)]))
+
+    mpc = MPC(Planner(), TrackingController(solver="numpy"), spacing=0.25, replan_every=3)
+    frame = np.zeros((16, 16, 3), np.uint8)
+    mpc.reset(frame)
+    planned = [mpc.act(frame, frame, pose=np.array([0.25 * k, 0.0, 0.0]))[1] is not None for k in range(7)]
+    assert planned == [True, False, False, True, False, False, True] and len(calls) == 3
+    # tracking from the pose: the robot turned 0.5 rad left of the plan's heading, so it turns back right
+    mpc.reset(frame)
+    mpc.act(frame, frame, pose=np.zeros(3))
+    v, w = mpc.act(frame, frame, pose=np.array([0.25, 0.0, 0.5]))[0]
+    assert w < -0.1 and v > 0
+    # a remaining waypoint in the robot's frame: the plan's second waypoint, seen from the pose
+    rest = mpc._remaining(np.array([0.25, 0.5, np.pi / 2]))
+    np.testing.assert_allclose(rest[0], [-0.5, -0.25, -np.pi / 2], atol=1e-12)
+    # without poses it cannot track, so it plans every step
+    mpc.reset(frame)
+    assert all(mpc.act(frame, frame)[1] is not None for _ in range(3))
+    with pytest.raises(ValueError, match="replan_every"):
+        MPC(Planner(), TrackingController(solver="numpy"), spacing=0.25, replan_every=0)
+
+
+def test_navigate_rows_split_success_by_revisit():
+    from eval.navigate import summarise
+
+    eps = [{"success": s, "revisit": r, "spl": 0.5 * s, "collisions": c, "s_per_decision": 1.0}
+           for s, r, c in [(True, True, 0), (False, True, 2), (True, False, 1), (True, False, 0)]]
+    row = summarise("X", eps)
+    assert row["success"] == 0.75 and row["revisit_success"] == 0.5 and row["nonrevisit_success"] == 1.0
+    assert row["collisions"] == 0.75 and row["spl"] == 0.375 and row["episodes"] == 4
+    assert np.isnan(summarise("X", eps[2:])["revisit_success"])
+
+
 def test_navigate_runs_closed_loop_episodes(tiny_ckpt, tmp_path):
     from eval import navigate
 
@@ -237,6 +281,14 @@ def test_navigate_slices_resume_into_the_same_table(tiny_ckpt, tmp_path):
             {k: v for k, v in y.items() if k != "s_per_decision"}, rel=1e-6)
     assert [e["revisit"] for e in b["episodes"]["NWM"]] == [False, True]
     assert navigate.main([*common, "--episodes", "2", "--resume", str(keep), "--max-steps", "3"]) == 2
+    # --kept-only: the table of what is kept so far, running nothing (episode 2 is not there)
+    (keep / "NWM" / "0.json").unlink()
+    partial = tmp_path / "partial.json"
+    assert navigate.main([*common, "--episodes", "3", "--resume", str(keep), "--kept-only", "--json",
+                          str(partial)]) == 0  # fmt: skip
+    assert [e["episode"] for e in json.loads(partial.read_text())["episodes"]["NWM"]] == [1]
+    assert sorted(p.name for p in (keep / "NWM").iterdir()) == ["1.json"]
+    assert navigate.main([*common, "--kept-only"]) == 2
 
 def test_model_benchmark_reports_both_precisions(tiny_ckpt):
     from eval.bench import bench_model

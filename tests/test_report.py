@@ -54,3 +54,20 @@ def test_a_memory_table_has_a_column_per_context_and_the_revisit_split(tmp_path)
                         "s/frame L=512 |")  # fmt: skip
     assert table[2] == "| Base | 19.50 | 24.12 ± 0.50 | 0.600 | 20.00 | 18.00 | 0.100 |"
     assert len(table) == 4
+
+
+def test_closed_loop_tables_pair_episodes_by_number(tmp_path):
+    def ep(k, success, revisit):
+        return {"episode": k, "success": success, "revisit": revisit}
+
+    episodes = {"A": [ep(0, True, False), ep(1, True, True), ep(2, False, False), ep(3, True, True)],
+                "B": [ep(1, False, True), ep(0, False, False), ep(3, True, True)]}  # B misses episode 2
+    rows = [{"method": m, "success": 0.5, "revisit_success": 1.0, "nonrevisit_success": 0.0, "spl": 0.25,
+             "collisions": 1.25, "s_per_decision": 2.0, "episodes": 4} for m in ("A", "B")]
+    (tmp_path / "navigate").mkdir()
+    (tmp_path / "navigate" / "x.json").write_text(json.dumps({"rows": rows, "replan_every": 8, "episodes": episodes}))
+    table = report.paired_success(tmp_path, ["navigate/x.json"], [("A@8", "B@8"), ("A@8", "B@4")]).splitlines()
+    # A − B on episodes 0, 1, 3: differences 1, 1, 0 -> mean 2/3, sd 0.577, se 0.333; revisits 1, 3: 1, 0
+    assert table[2] == "| A every 8 − B every 8 | +0.67 ± 0.33 | +0.50 ± 0.50 | 3 (2) |" and len(table) == 3
+    assert report.navigate_table(tmp_path, ["navigate/x.json"]).splitlines()[2] == \
+        "| A | 8 | 0.50 | 1.00 | 0.00 | 0.25 | 1.2 | 2.00 | 4 |"
