@@ -153,6 +153,7 @@ def outdoor_test(results: Path) -> str:
 
 
 NAVIGATE_TEST = ["navigate/test40_policies_k1.json", "navigate/test40_policies_k4.json", "navigate/test40.json"]
+OUTDOOR_NAVIGATE = [f"navigate/outdoor_test40_policies_k{k}.json" for k in (1, 4, 8)] + ["navigate/outdoor_test40.json"]
 NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), ("NWM@8", "GNM@8"),
                   ("CoME@8", "GNM@4"), ("CoME@8", "NWM@8")]
 
@@ -270,6 +271,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
                                                                       for k in (1, 2, 4, 8)]),
     "navigate-test": lambda results: navigate_table(results, NAVIGATE_TEST),
     "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
+    "outdoor-navigate": lambda results: navigate_table(results, OUTDOOR_NAVIGATE),
+    "outdoor-navigate-paired": lambda results: paired_success(results, OUTDOOR_NAVIGATE, NAVIGATE_PAIRS[:4]),
 }
 
 
