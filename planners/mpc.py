@@ -26,7 +26,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from nav_come.core.geometry import robot_to_world, world_to_robot, wrap_angle
+from nav_come.core.geometry import se2_compose, se2_relative, wrap_angle
 
 
 class TrackingController:
@@ -179,12 +179,9 @@ class MPC:
         wp_m = np.concatenate([wp[:, :2] * self.spacing, wrap_angle(wp[:, 2:])], 1)
         self.since, self.route = 0, None
         if pose is not None:
-            pose = np.asarray(pose, float)
-            self.route = np.concatenate([robot_to_world(wp_m[:, :2], pose[:2], pose[2]),
-                                         wrap_angle(wp_m[:, 2:] + pose[2])], 1)  # fmt: skip
+            self.route = se2_compose(np.asarray(pose, float), wp_m)
         return self.controller(wp_m), plan
 
     def _remaining(self, pose: np.ndarray) -> np.ndarray:
         """The last plan's waypoints not yet due, in the robot's current frame (metres, radians)."""
-        rest = self.route[self.since:]
-        return np.concatenate([world_to_robot(rest[:, :2], pose[:2], pose[2]), wrap_angle(rest[:, 2:] - pose[2])], 1)
+        return se2_relative(pose, self.route[self.since:])
