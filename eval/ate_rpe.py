@@ -52,7 +52,7 @@ import torch
 from tqdm import tqdm
 
 from eval import distributed
-from nav_come.core.checkpoint import CheckpointError
+from nav_come.core.checkpoint import CheckpointError, checkpoint_hash
 from nav_come.core.data import DataFormatError, dataset_config, gt_waypoints, load_frames, poses, read_split, split_path
 from nav_come.core.data.config import add_data_args
 from nav_come.core.data.recon import data_fingerprint, read_trajectory
@@ -212,6 +212,16 @@ def summarise(records: list[dict]) -> dict:
     return out
 
 
+def progress_protocol(config, ckpt: Path) -> dict:
+    """{"progress": weight, reduction and head hash} when the goal-progress term is on, else {} (so
+    that runs without it keep matching the ones kept before it existed)."""
+    if not config.progress_weight:
+        return {}
+    head = ckpt / "progress"
+    return {"progress": {"weight": config.progress_weight, "reduce": config.progress_reduce,
+                         "head": checkpoint_hash(head) if (head / "model.safetensors").is_file() else None}}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python eval/ate_rpe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
@@ -321,6 +331,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     for key in ("length_weight", "collision_weight"):  # only when on: a run without them matches older ones
         if getattr(args, key):
             protocol[key] = getattr(args, key)
+    protocol |= progress_protocol(config, args.ckpt)
     if args.resume is not None:  # every setting but the sample count; the alphas of every method ever run
         content = {"data_content": data_fingerprint(args.data, split_path(args.data, args.split, args.split_dir,
                                                                           args.dataset)),

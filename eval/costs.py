@@ -41,29 +41,22 @@ import torch
 from tqdm import tqdm
 
 from eval.ate_rpe import load_sample, load_samples
-from nav_come.core.checkpoint import CheckpointError
+from nav_come.core.checkpoint import CheckpointError, checkpoint_hash
 from nav_come.core.data import DataFormatError, dataset_config, poses, read_trajectory
 from nav_come.core.data.config import add_data_args
 from nav_come.core.geometry import se2_compose, waypoints_from_actions, wrap_angle
 from nav_come.core.io import atomic_write_text
 from nav_come.core.layout import pick_checkpoint
-from nav_come.core.metrics import ate, rpe
+from nav_come.core.metrics import ate, rpe, spearman
 from nav_come.core.precision import add_precision_arg, resolve, use_bf16
 from nav_come.distill import distilled_steps, distilled_world_model
 from nav_come.world_model import WorldModel
 from planners import cem
-from planners.cost import DISTANCES, LEARNED, GoalDistance, candidate_motions
+from planners.cost import DISTANCES, LEARNED, PROGRESS_REDUCTIONS, GoalDistance, ProgressTerm, candidate_motions
 from planners.methods import load_distance
+from planners.progress import load_progress_head
 
 OFFLINE = [d for d in DISTANCES if d not in ("auto", "lpips", *LEARNED)]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation of two (N,) arrays (ties broken by order; NaN when one is constant)."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def elite_plan(z: torch.Tensor, costs: np.ndarray, cfg: cem.CEMConfig) -> np.ndarray:
@@ -96,10 +89,12 @@ def true_views(sim, pose: np.ndarray, wps: np.ndarray, frames: int, spacing: flo
 
 @torch.no_grad()
 def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cfg: cem.CEMConfig, rollouts: int,
-                 gen: torch.Generator, sim=None, spacing: float = 0.25, imagine: bool = True) -> dict:
+                 gen: torch.Generator, sim=None, spacing: float = 0.25, imagine: bool = True,
+                 progress=None) -> dict:  # fmt: skip
     """Every distance's (N,) candidate costs, the candidates z (N, 3) and their true ATEs (N,).
     With ``sim`` (the sample's simulator world) also every distance on the true views (key ``kind@sim``);
-    ``imagine=False``: only those (no rollouts)."""
+    ``imagine=False``: only those (no rollouts). progress: a goal-progress head, read on every
+    frame of each rollout (keys ``progress_<reduction>``, frames to the goal)."""
     z = cem.sample(*cem.initial(cfg), cfg, gen)  # as cem.plan draws its first iteration
     deltas = cem.decode(z, cfg)  # (N, H, 3)
     F = max(d.frames for d in distances)
@@ -113,6 +108,8 @@ def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cf
             pred, goal = (frames, sample["goal"]) if d.needs_pixels else (latents[:, -1:], goal_latent)
             pred = pred[:, -d.frames :] if d.frames > 1 else pred[:, -1]
             costs[d.kind] = d(pred, goal).view(cfg.n_candidates, rollouts).mean(1).float().cpu().numpy()
+        if progress is not None:
+            costs |= progress_costs(progress, latents, goal_latent, rollouts)
     wps = waypoints_from_actions(deltas).numpy()  # (N, H, 3)
     true_ate = ate(wps[..., :2], np.broadcast_to(sample["gt"][:, :2], wps[..., :2].shape))
     if sim is not None:  # the same distances on the views the simulator really renders there
@@ -121,8 +118,36 @@ def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cf
             pred, goal = (views, sample["goal"]) if d.needs_pixels else (wm.encode(views[:, -1:]), goal_latent)
             pred = pred[:, -d.frames :] if d.frames > 1 else pred[:, -1]
             costs[f"{d.kind}@sim"] = d(pred, goal).float().cpu().numpy()
+        if progress is not None:  # every waypoint's true view
+            every = wm.encode(true_views(sim, sample["pose"], wps, wps.shape[1], spacing))  # (N, K, c, h, w)
+            costs |= {f"{k}@sim": v for k, v in progress_costs(progress, every, goal_latent, 1).items()}
     yaw_err = np.abs(wrap_angle(wps[:, -1, 2] - float(sample["gt"][-1, 2])))  # (N,) final heading error
     return {"z": z, "costs": costs, "true_ate": np.asarray(true_ate), "yaw_err": yaw_err}
+
+
+def progress_costs(head, latents: torch.Tensor, goal: torch.Tensor, rollouts: int) -> dict[str, np.ndarray]:
+    """{"progress_<reduction>": (N,)} frames to the goal, every reduction of the per-frame estimates
+    of latents (N*R, K, c, h, w), averaged over each candidate's R rollouts."""
+    out = {}
+    for reduce in PROGRESS_REDUCTIONS:
+        frames = ProgressTerm(head, 1.0, reduce).frames(latents, goal)
+        out[f"progress_{reduce}"] = frames.view(-1, rollouts).mean(1).float().cpu().numpy()
+    return out
+
+
+def combinations(costs: dict[str, np.ndarray], weights: list[float]) -> dict[str, np.ndarray]:
+    """The final-frame latent MSE plus w x each progress reduction, for every w (keys
+    ``latent_mse+<w>progress_<reduction>``, ``@sim`` for the true views')."""
+    out = {}
+    for suffix in ("", "@sim"):
+        base = costs.get(f"latent_mse{suffix}")
+        if base is None:
+            continue
+        for reduce in PROGRESS_REDUCTIONS:
+            value = costs.get(f"progress_{reduce}{suffix}")
+            for w in weights if value is not None else []:
+                out[f"latent_mse+{w:g}progress_{reduce}{suffix}"] = base + w * value
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score the views the simulator renders at each candidate's waypoints (a perfect world "
                         "model): separates what the distance can rank from what the world model imagines")
     p.add_argument("--sim-only", action="store_true", help="with --sim-oracle: only the true views, no rollouts")
+    p.add_argument("--progress-weights", type=float, nargs="*", default=[0.001, 0.003, 0.01, 0.03, 0.1],
+                   help="with CKPT/progress: also rank latent MSE + w x each progress reduction, for every w")
     return p
 
 
@@ -164,13 +191,22 @@ def world_models(args) -> list[tuple[str, int, WorldModel]]:
     return out
 
 
-def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDistance], cem_cfg, sp: float) -> dict:
+def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDistance], cem_cfg, sp: float,
+              progress=None) -> dict:  # fmt: skip
     """One sampler's rows (every distance and the two references) and its median seconds per sample."""
     kinds = [] if args.sim_only else [d.kind for d in distances]
     names = {d.kind: d.name for d in distances}
+    if progress is not None:
+        extra = [f"progress_{r}" for r in PROGRESS_REDUCTIONS]
+        extra += [f"latent_mse+{w:g}progress_{r}" for r in PROGRESS_REDUCTIONS for w in args.progress_weights]
+        kinds += [] if args.sim_only else extra
+        names |= {f"progress_{r}": f"progress head, {r} over the rollout's frames" for r in PROGRESS_REDUCTIONS}
+        names |= {f"latent_mse+{w:g}progress_{r}": f"latent MSE + {w:g} x progress ({r})"
+                  for r in PROGRESS_REDUCTIONS for w in args.progress_weights}  # fmt: skip
     if args.sim_oracle:
-        names.update({f"{d.kind}@sim": f"{d.name}, true views" for d in distances})
+        names.update({f"{k}@sim": f"{names[k]}, true views" for k in list(names)})
         kinds += [f"{d.kind}@sim" for d in distances]
+        kinds += [f"{k}@sim" for k in extra] if progress is not None else []
     errs = {k: [] for k in [*kinds, "prior mean (blind)", "oracle top-5"]}
     rho, rho_yaw, seconds = {k: [] for k in kinds}, {k: [] for k in kinds}, []
     prior = waypoints_from_actions(cem.decode(torch.tensor(cem_cfg.init_mean)[None], cem_cfg)[0]).numpy()
@@ -184,7 +220,8 @@ def score_run(args, wm: WorldModel, samples: list[dict], distances: list[GoalDis
             sim = simulator(sim_world(args.data, s["traj"]), size)
         gen = torch.Generator().manual_seed(args.seed * 100_003 + i)  # as eval/ate_rpe.py seeds sample i
         start = time.perf_counter()
-        r = score_sample(wm, sample, distances, cem_cfg, args.rollouts, gen, sim, sp, not args.sim_only)
+        r = score_sample(wm, sample, distances, cem_cfg, args.rollouts, gen, sim, sp, not args.sim_only, progress)
+        r["costs"] |= combinations(r["costs"], args.progress_weights if progress is not None else [])
         seconds.append(time.perf_counter() - start)
         gt = sample["gt"][:, :2]
         plans = {k: elite_plan(r["z"], c, cem_cfg) for k, c in r["costs"].items()}
@@ -229,14 +266,16 @@ def run(args) -> dict:
     distances = [GoalDistance(k) for k in OFFLINE]
     distances += [load_distance(k, args.ckpt, args.device) for k, folder in LEARNED.items()
                   if (args.ckpt / folder).is_dir()]  # the learned ones whose networks are there  # fmt: skip
+    progress = load_progress_head(args.ckpt / "progress", args.device) if (args.ckpt / "progress").is_dir() else None
     protocol = {"split": args.split, "n_samples": len(samples), "seed": args.seed, "candidates": cem_cfg.n_candidates,
                 "top_k": cem_cfg.top_k, "rollouts": args.rollouts, "ckpt": str(args.ckpt),
                 "distilled": str(args.distilled) if args.distilled else None,
-                "precision": resolve(args.precision, args.device)}  # fmt: skip
+                "precision": resolve(args.precision, args.device),
+                "progress_head": checkpoint_hash(args.ckpt / "progress") if progress is not None else None}  # fmt: skip
     out = {"runs": [], "protocol": protocol, "data": str(args.data)}
     for sampler, steps, wm in world_models(args):
         out["runs"].append({"sampler": sampler, "sampler_steps": steps,
-                            **score_run(args, wm, samples, distances, cem_cfg, sp)})  # fmt: skip
+                            **score_run(args, wm, samples, distances, cem_cfg, sp, progress)})  # fmt: skip
         if args.json:  # after every sampler: a long run that stops keeps what it measured
             atomic_write_text(args.json, json.dumps(out, indent=2))
     return out

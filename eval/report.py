@@ -158,6 +158,16 @@ NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), 
                   ("CoME@8", "GNM@4"), ("CoME@8", "NWM@8")]
 
 
+def _navigate_label(method: str, report: dict) -> str:
+    """A closed-loop row's method, with the goal-progress term when the run had it on."""
+    progress = report.get("progress")
+    return f"{method} + progress {progress['weight']:g} ({progress['reduce']})" if progress else method
+
+
+PROGRESS_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_progress.json"]
+PROGRESS_PAIRS = [("NWM + progress 0.1 (mean)@8", "NWM@8")]
+
+
 def navigate_table(results: Path, names: list[str]) -> str:
     """``eval/navigate.py`` JSONs: one row per method and JSON, with its replanning interval."""
     lines = ["| method | replan every | success | revisit | non-revisit | SPL | collisions / episode | s/decision | "
@@ -166,7 +176,7 @@ def navigate_table(results: Path, names: list[str]) -> str:
         report = _load(results, name)
         for r in report["rows"]:
             split = [f"{v:.2f}" if v == v else "-" for v in (r["revisit_success"], r["nonrevisit_success"])]
-            lines.append(f"| {r['method']} | {report['replan_every']} | {r['success']:.2f} | "
+            lines.append(f"| {_navigate_label(r['method'], report)} | {report['replan_every']} | {r['success']:.2f} | "
                          f"{split[0]} | {split[1]} | {r['spl']:.2f} | "
                          f"{r['collisions']:.1f} | {r['s_per_decision']:.2f} | {r['episodes']} |")  # fmt: skip
     return "\n".join(lines)
@@ -179,7 +189,8 @@ def paired_success(results: Path, names: list[str], pairs: list[tuple[str, str]]
     episodes = {}
     for name in names:
         report = _load(results, name)
-        episodes.update({f"{m}@{report['replan_every']}": eps for m, eps in report["episodes"].items()})
+        episodes.update({f"{_navigate_label(m, report)}@{report['replan_every']}": eps
+                         for m, eps in report["episodes"].items()})  # fmt: skip
     lines = ["| difference | all episodes | revisits | episodes (revisits) |", "|---|---|---|---|"]
     for a, b in pairs:
         if a not in episodes or b not in episodes:
@@ -194,6 +205,22 @@ def paired_success(results: Path, names: list[str], pairs: list[tuple[str, str]]
         n_rev = sum(x["revisit"] for x, _ in both)
         label = f"{a} − {b}".replace("@", " every ")
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {len(both)} ({n_rev}) |")
+    return "\n".join(lines)
+
+
+PROGRESS_COSTS = ("latent_mse", "progress_min", "progress_mean", "progress_last",
+                  *(f"latent_mse+{w}progress_{r}" for r in ("min", "mean") for w in ("0.001", "0.01", "0.03", "0.1")))
+
+
+def costs_table(results: Path, name: str, keys=PROGRESS_COSTS) -> str:
+    """An ``eval/costs.py`` JSON: per cost, the ATE of CEM's one-iteration answer and how well the cost
+    ranks the candidates by their true ATE (Spearman), on imagined views and on the simulator's true views."""
+    rows = {r["key"]: r for r in _load(results, name)["runs"][0]["rows"]}
+    lines = ["| cost | ATE | rank corr. | ATE, true views | rank corr., true views |", "|---|---|---|---|---|"]
+    for key in keys:
+        r, true = rows[key], rows.get(f"{key}@sim")
+        sim = f"{true['ate']:.3f} | {true['spearman']:.3f}" if true else "- | -"
+        lines.append(f"| {r['distance']} | {r['ate']:.3f} | {r['spearman']:.3f} | {sim} |")
     return "\n".join(lines)
 
 
@@ -270,6 +297,9 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "navigate-val-policies": lambda results: navigate_table(results, [f"navigate_val/policies20_k{k}.json"
                                                                       for k in (1, 2, 4, 8)]),
     "navigate-test": lambda results: navigate_table(results, NAVIGATE_TEST),
+    "navigate-val-progress": lambda results: navigate_table(results, PROGRESS_VAL),
+    "navigate-val-progress-paired": lambda results: paired_success(results, PROGRESS_VAL, PROGRESS_PAIRS),
+    "costs-progress-val": lambda results: costs_table(results, "costs_val/progress40.json"),
     "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
     "outdoor-navigate": lambda results: navigate_table(results, OUTDOOR_NAVIGATE),
     "outdoor-navigate-paired": lambda results: paired_success(results, OUTDOOR_NAVIGATE, NAVIGATE_PAIRS[:4]),

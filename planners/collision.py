@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import platform
 import re
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,22 +42,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nav_come.core.checkpoint import (
-    CONFIG,
-    checkpoint_hash,
-    load_checkpoint,
-    read_config,
-    register_kind,
-    save_checkpoint_files,
-)
+from nav_come.core.checkpoint import load_checkpoint, register_kind, save_checkpoint_files
 from nav_come.core.data import DataFormatError, split_path
-from nav_come.core.precision import bf16_flag
-from nav_come.core.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
+from nav_come.core.train_loop import (
+    Distributed,
+    add_head_args,
+    add_run_args,
+    fit,
+    head_cli,
+    head_loop,
+    head_metadata,
+    head_setup,
+)
 from nav_come.latents import LatentSet, encode_split
 
 KIND = "clearance"
 FOV_DEG = 90.0  # envs.worlds.CAMERA_FOVY: square images, the same horizontally
-_NAME = re.compile(r"^([a-z]+)_(\d+)_\d+$")
+SIM_NAME = re.compile(r"^([a-z]+)_(\d+)_\d+$")
 
 
 @dataclass
@@ -142,7 +141,7 @@ def view_clearance(occupied: np.ndarray, resolution: float, origin: tuple[float,
 
 def world_of(name: str) -> tuple[str, int]:
     """(family, seed) of a simulator trajectory named ``<family>_<seed>_<k>``."""
-    m = _NAME.match(name)
+    m = SIM_NAME.match(name)
     if m is None:
         raise DataFormatError(f"trajectory {name!r} is not named <family>_<seed>_<k>: the collision head trains "
                               "on data collected by envs.collect, whose worlds give the labels")  # fmt: skip
@@ -177,14 +176,7 @@ def evaluate(model: ClearanceHead, z: torch.Tensor, labels: torch.Tensor, mean: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m planners.collision", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, type=Path, help="simulator data (envs.collect) in RECON format")
-    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder whose ae/ encodes the frames")
-    p.add_argument("--out", required=True, type=Path, help="output folder (model + last/ resume state)")
-    p.add_argument("--cache", type=Path, default=Path("runs/latents"), help="latent cache folder (nav_come.latents)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget of this run")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_head_args(p, steps=3000, data_help="simulator data (envs.collect) in RECON format")
     p.add_argument("--margin", type=float, default=ClearanceConfig.margin, help="penalty below this clearance (m)")
     p.add_argument("--near-share", type=float, default=0.0,
                    help="share of a batch drawn from views closer than 2 x margin (rare in driven data)")  # fmt: skip
@@ -194,14 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare(args: argparse.Namespace, dist: Distributed):
     """Everything the run needs; returns the ``fit`` call to make."""
-    ae, _ = load_checkpoint(args.ckpt / "ae", "ae", "cpu")
-    key, kw = checkpoint_hash(args.ckpt / "ae"), dict(split_dir=args.split_dir, dataset=args.dataset)
-    last = args.out / "last"
-    if (last / "model" / CONFIG).is_file():  # a resumed run keeps its config
-        config = read_config(last / "model", KIND)[1]
-    else:
-        c = ae.config
-        config = ClearanceConfig(c.latent_channels, c.image_size // 2 ** (len(c.widths) - 1), margin=args.margin)
+    ae, key, config = head_setup(args, KIND, lambda c, size: ClearanceConfig(c, size, margin=args.margin))
+    kw, last = dict(split_dir=args.split_dir, dataset=args.dataset), args.out / "last"
     train = encode_split(ae, key, args.data, "train", args.cache, **kw)
     y = clearance_labels(train, config.max_range)
     mean, val, val_metrics = float(y.mean()), None, {}
@@ -209,13 +195,8 @@ def prepare(args: argparse.Namespace, dist: Distributed):
         v = encode_split(ae, key, args.data, "val", args.cache, **kw)
         pick = torch.randperm(len(v.latents), generator=torch.Generator().manual_seed(1234))[:4096]
         val = (v.latents[pick].float(), clearance_labels(v, config.max_range)[pick])
-    loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.05, warmup=100,
-                      ema_decay=0.999, bf16=bf16_flag(args.precision), val_every=args.val_every,
-                      ckpt_every_min=args.ckpt_every_min, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
-    meta = {"data": str(args.data), "ckpt": str(args.ckpt), "seed": args.seed, "batch_size": args.batch_size,
-            "lr": args.lr, "near_share": args.near_share, "train_mean_m": mean,
-            "machine": f"{platform.system()} {platform.machine()}",
-            "torch": torch.__version__, "command": shlex.join(["python", "-m", "planners.collision", *args.argv])}
+    loop, meta = head_loop(args), head_metadata(args, "planners.collision", near_share=args.near_share,
+                                                train_mean_m=mean)  # fmt: skip
     torch.manual_seed(args.seed)
 
     near = torch.nonzero(y < 2 * config.margin)[:, 0]  # the views a collision penalty must recognise

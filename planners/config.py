@@ -15,7 +15,7 @@ from pathlib import Path
 from nav_come.core.data.config import DataConfig
 from nav_come.core.precision import PRECISION_HELP, PRECISIONS
 from planners import cem
-from planners.cost import DISTANCES
+from planners.cost import DISTANCES, PROGRESS_REDUCTIONS
 
 RANKED_SAMPLES = 32  # NoMaD trajectories the world model ranks per plan (nomad+nwm, nomad+come)
 # About 2 for the memory experts (docs/design.md); 1 for the spatial expert since it has its recall path:
@@ -112,6 +112,8 @@ class PlanConfig:
     the experts; relevance: {expert: weight at full relevance} of a memory method's composition
     over ``DEFAULT_RELEVANCE`` (1: a fixed share); length_weight, collision_weight: the cost's
     penalties (:mod:`planners.cost`; a collision weight above 0 needs ``CKPT/collision``);
+    progress_weight, progress_reduce: the goal-progress term (:class:`~planners.cost.ProgressTerm`;
+    a weight above 0 needs ``CKPT/progress``);
     precision: auto | fp32 | bf16.
     Policies ignore all of it.
     """
@@ -131,6 +133,11 @@ class PlanConfig:
     length_weight: float = _flag(0.0, "--length-weight", "CEM cost per spacing unit of path", type=float)
     collision_weight: float = _flag(0.0, "--collision-weight", "CEM cost per metre of collision risk (needs "
                                     "CKPT/collision, planners.collision)", type=float)  # fmt: skip
+    progress_weight: float = _flag(0.0, "--progress-weight", "CEM cost per frame of driving to the goal that the "
+                                   "progress head estimates on every imagined frame (needs CKPT/progress, "
+                                   "planners.progress)", type=float)  # fmt: skip
+    progress_reduce: str = _flag("min", "--progress-reduce", "how a rollout's per-frame progress estimates combine",
+                                 choices=PROGRESS_REDUCTIONS)  # fmt: skip
     search: str = _flag("seeded", "--search", "world-model methods: seeded (default: CEM seeded with NoMaD's samples "
                         "and GNM's prediction, refined per step; needs CKPT/gnm and CKPT/nomad) or paper (NWM's CEM "
                         "from its prior)",
@@ -151,9 +158,12 @@ class PlanConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.sampler_steps < 1 or self.rollouts < 1:
             raise ValueError(f"sampler steps and rollouts must be >= 1, got {self.sampler_steps} and {self.rollouts}")
-        if not (self.length_weight >= 0 and self.collision_weight >= 0):  # also refuses NaN
+        if not (self.length_weight >= 0 and self.collision_weight >= 0 and self.progress_weight >= 0):  # refuses NaN
             raise ValueError(f"penalty weights must be >= 0, got length {self.length_weight}, "
-                             f"collision {self.collision_weight}")  # fmt: skip
+                             f"collision {self.collision_weight}, progress {self.progress_weight}")  # fmt: skip
+        if self.progress_reduce not in PROGRESS_REDUCTIONS:
+            raise ValueError(f"unknown progress reduction {self.progress_reduce!r}; choose one of "
+                             f"{', '.join(PROGRESS_REDUCTIONS)}")  # fmt: skip
         if self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; choose one of {', '.join(SEARCHES)}")
         counts = (self.proposals_nomad, self.proposals_gnm, self.prior_draws)

@@ -17,7 +17,10 @@ experts over an episode's memory) and a goal into the cost function the CEM plan
 it rolls every candidate out ``rollouts`` times with a sliding context and averages the
 distances, as in NWM's protocol. Two optional penalties are added: ``length_weight`` per
 spacing unit of path, and ``collision_weight`` times the collision risk a
-:class:`~planners.collision.ClearanceHead` reads from every imagined frame. It charges its
+:class:`~planners.collision.ClearanceHead` reads from every imagined frame. An optional
+:class:`ProgressTerm` adds the frames of driving to the goal that a
+:class:`~planners.progress.ProgressHead` estimates on every imagined frame, reduced over the
+rollout, so the plan has a signal before the goal is in view. It charges its
 work to an optional :class:`~planners.timing.PlanTimer` (encode, denoise, decode, cost).
 """
 
@@ -34,6 +37,7 @@ from nav_come.core.metrics import lpips, lpips_available, ssim
 from nav_come.memory_bank import EpisodeMemory
 from planners.timing import PlanTimer, section
 
+PROGRESS_REDUCTIONS = ("min", "mean", "last")
 DISTANCES = ("auto", "lpips", "dssim", "dssim_half", "pixel_mse", "latent_mse", "temporal", "pose")
 LEARNED = {"temporal": "gnm", "pose": "pose"}  # learned distances -> their checkpoint folder
 
@@ -88,6 +92,35 @@ class GoalDistance:
         return (pred - goal).pow(2).flatten(1).mean(1)
 
 
+class ProgressTerm:
+    """``weight`` x a rollout's estimated frames to the goal: the progress head reads every imagined
+    frame, and ``reduce`` combines them: ``min`` (the nearest the rollout comes to the goal), ``mean``
+    (the whole way), ``last`` (where it ends)."""
+
+    def __init__(self, head, weight: float, reduce: str = "min"):
+        if reduce not in PROGRESS_REDUCTIONS:
+            raise ValueError(f"unknown progress reduction {reduce!r}; choose one of {', '.join(PROGRESS_REDUCTIONS)}")
+        if not weight >= 0:
+            raise ValueError(f"the progress weight must be >= 0, got {weight}")
+        self.head, self.weight, self.reduce = head, float(weight), reduce
+
+    @property
+    def name(self) -> str:
+        return f"{self.weight:g} x {self.reduce} estimated frames to the goal"
+
+    def frames(self, latents: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """Imagined latents (B, K, c, h, w) and the goal latent (c, h, w) -> (B,) the reduced estimate (frames)."""
+        B, K = latents.shape[:2]
+        steps = self.head.steps(latents.flatten(0, 1), goal).view(B, K)
+        if self.reduce == "min":
+            return steps.min(1).values
+        return steps.mean(1) if self.reduce == "mean" else steps[:, -1]
+
+    def __call__(self, latents: torch.Tensor, goal: torch.Tensor, n: int, rollouts: int) -> torch.Tensor:
+        """(N*R, K, c, h, w) imagined latents -> (N,) weighted estimate, averaged over each candidate's rollouts."""
+        return self.weight * self.frames(latents, goal).view(n, rollouts).mean(1).to(latents.device)
+
+
 def path_length(deltas: torch.Tensor) -> torch.Tensor:
     """Length of each candidate's path in spacing units: (N, H, 3) -> (N,)."""
     return deltas[..., :2].norm(dim=-1).sum(-1)
@@ -101,9 +134,9 @@ def candidate_motions(deltas: torch.Tensor, rollouts: int) -> torch.Tensor:
     return step_actions(poses).repeat_interleave(rollouts, 0)
 
 
-def _goal_target(world_model, goal: torch.Tensor, distance: GoalDistance, timer: PlanTimer | None) -> torch.Tensor:
-    """The goal as the distance compares it: the frame, or its latent (encoded once)."""
-    if distance.needs_pixels:
+def _goal_target(world_model, goal: torch.Tensor, needs_pixels: bool, timer: PlanTimer | None) -> torch.Tensor:
+    """The goal as a distance compares it: the frame, or its latent (encoded once)."""
+    if needs_pixels:
         return goal
     with section(timer, "encode"):
         return world_model.encode(goal[None, None].to(world_model.device))[0, 0]
@@ -144,6 +177,7 @@ def world_model_cost(
     collision=None,
     collision_weight: float = 0.0,
     denoiser=None,
+    progress: ProgressTerm | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The CEM cost of every world-model method: per-step deltas (N, H, 3) in the start frame ->
     (N,) mean goal distance (plus the penalties).
@@ -162,7 +196,9 @@ def world_model_cost(
             context = world_model.context_latents(start, 1)  # (1, C, c, h, w)
         start = None
     denoiser = denoiser if denoiser is not None else world_model.base_expert()
-    target = _goal_target(world_model, goal, distance, timer)
+    target = _goal_target(world_model, goal, distance.needs_pixels, timer)
+    if progress is not None and progress.weight:
+        goal_latent = target if not distance.needs_pixels else _goal_target(world_model, goal, False, timer)
 
     def cost(deltas: torch.Tensor) -> torch.Tensor:
         steps = candidate_motions(deltas, rollouts).to(world_model.device)  # (N*R, H, 3)
@@ -171,6 +207,10 @@ def world_model_cost(
                               context=context)  # fmt: skip
         last = latents[:, -distance.frames :]  # (N*R, F, c, h, w): the final frame(s) are compared
         c = _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
-        return c + _collision_penalty(collision, collision_weight, latents, len(deltas), rollouts, timer)
+        c = c + _collision_penalty(collision, collision_weight, latents, len(deltas), rollouts, timer)
+        if progress is not None and progress.weight:
+            with section(timer, "cost"):
+                c = c + progress(latents, goal_latent, len(deltas), rollouts)
+        return c
 
     return cost

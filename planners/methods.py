@@ -62,7 +62,7 @@ from planners.config import (
     parse_alphas,
     relevance_weights,
 )
-from planners.cost import GoalDistance
+from planners.cost import GoalDistance, ProgressTerm
 from planners.planner import Planner, PlanResult, PolicyPlanner, PolicyProposals, RankingPlanner, WorldModelPlanner
 
 __all__ = ["BY_LABEL", "CEM_LABELS", "DEFAULT_ALPHAS", "DEFAULT_NORMALISE", "DEFAULT_SAMPLER_STEPS", "LABELS",
@@ -173,6 +173,13 @@ def expert_spacing(ckpt_dir: str | Path, names) -> float | None:
     return None
 
 
+def load_progress(ckpt_dir: str | Path, weight: float, reduce: str, device: str = "cpu"):
+    """The goal-progress term of the cost from ``ckpt_dir/progress`` (MethodUnavailable when missing)."""
+    from planners.progress import load_progress_head
+
+    return ProgressTerm(load_progress_head(CheckpointLayout(ckpt_dir).need("progress"), device), weight, reduce)
+
+
 def load_collision(ckpt_dir: str | Path, device: str = "cpu"):
     """The clearance head of the collision penalty, ``ckpt_dir/collision`` (MethodUnavailable when missing)."""
     from planners.collision import load_clearance_head
@@ -239,6 +246,8 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
     collision = load_collision(ckpt_dir, device) if config.collision_weight else None
     penalties = {"length_weight": config.length_weight, "collision": collision,
                  "collision_weight": config.collision_weight}  # fmt: skip
+    if config.progress_weight:
+        penalties["progress"] = load_progress(ckpt_dir, config.progress_weight, config.progress_reduce, device)
     if (m.search or config.search) == "seeded":
         penalties |= seeded_search(layout, config, cem_config, device)
     if not names:

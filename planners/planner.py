@@ -21,7 +21,7 @@ from nav_come.core.geometry import actions_from_waypoints, step_actions, waypoin
 from nav_come.memory_bank import EpisodeMemory
 from planners import cem
 from planners.config import RANKED_SAMPLES
-from planners.cost import GoalDistance, world_model_cost
+from planners.cost import GoalDistance, ProgressTerm, world_model_cost
 from planners.timing import PlanTimer, section
 
 
@@ -125,13 +125,15 @@ class WorldModelPlanner:
         name: str = "NWM",
         proposer: PolicyProposals | None = None,
         seeded: cem.SeededConfig | None = None,
+        progress: ProgressTerm | None = None,
     ):
         """length_weight: cost per spacing unit of path; collision: a
         :class:`~planners.collision.ClearanceHead` whose risk over the imagined frames costs
         ``collision_weight`` per metre (:mod:`planners.cost`); spacing: metres per spacing unit
         of the observed poses; name: the method, for messages; proposer and seeded: search with
         proposal-seeded CEM (:func:`planners.cem.seeded_plan`) from the proposer's trajectories
-        instead of NWM's CEM (``cem_config``)."""
+        instead of NWM's CEM (``cem_config``); progress: the goal-progress term of the cost
+        (:class:`~planners.cost.ProgressTerm`, None: off)."""
         if (proposer is None) != (seeded is None):
             raise ValueError("proposal-seeded CEM needs both a proposer and its SeededConfig")
         if denoiser is None:
@@ -140,7 +142,7 @@ class WorldModelPlanner:
         self.world_model, self.denoiser, self.cfg, self.distance = world_model, denoiser, cem_config, distance
         self.rollouts, self.length_weight, self.spacing, self.name = rollouts, length_weight, spacing, name
         self.collision, self.collision_weight = collision, collision_weight if collision is not None else 0.0
-        self.proposer, self.seeded = proposer, seeded
+        self.proposer, self.seeded, self.progress = proposer, seeded, progress
         self.timer: PlanTimer | None = None
         self.history = None  # EpisodeMemory of the observed frames
         self.last_observe: dict = {}
@@ -171,6 +173,8 @@ class WorldModelPlanner:
             name += f" + {self.length_weight:g} x path length (spacing units)"
         if self.collision_weight:
             name += f" + {self.collision_weight:g} x collision risk (m)"
+        if self.progress is not None and self.progress.weight:
+            name += f" + {self.progress.name}"
         return name
 
     # ------------------------------------------------------------------ the episode
@@ -242,7 +246,7 @@ class WorldModelPlanner:
         """The cost function of candidates' per-step deltas (N, H, 3) -> (N,) for a plan from ``start``."""
         return world_model_cost(self.world_model, start, goal, self.distance, self.rollouts, generator,
                                 self.length_weight, self.timer, self.collision, self.collision_weight,
-                                self.denoiser)  # fmt: skip
+                                self.denoiser, self.progress)  # fmt: skip
 
     def imagine(self, start: EpisodeMemory, deltas: torch.Tensor, generator: torch.Generator | None = None):
         """Frames (K, 3, H, W) of the rollout of one plan's per-step deltas (K, 3) from ``start``."""

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import platform
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,18 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nav_come.core.checkpoint import (
-    CONFIG,
-    checkpoint_hash,
-    load_checkpoint,
-    read_config,
-    register_kind,
-    save_checkpoint_files,
-)
+from nav_come.core.checkpoint import load_checkpoint, register_kind, save_checkpoint_files
 from nav_come.core.data import dataset_config, split_path
 from nav_come.core.geometry import se2_relative, wrap_angle
-from nav_come.core.precision import bf16_flag
-from nav_come.core.train_loop import Distributed, LoopConfig, add_run_args, fit, head_cli
+from nav_come.core.train_loop import (
+    Distributed,
+    add_head_args,
+    add_run_args,
+    fit,
+    head_cli,
+    head_loop,
+    head_metadata,
+    head_setup,
+)
 from nav_come.latents import LatentSet, encode_split
 
 KIND = "posehead"
@@ -87,20 +86,24 @@ def _block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(8, c_out), nn.SiLU()]
 
 
+def latent_trunk(c_in: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """Conv stages over stacked latents (each stage after the first halves the resolution), flattened:
+    where things are in the view is what gives a pose or a distance away, so the layout is kept."""
+    layers = _block(c_in, widths[0], 1)
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        layers += _block(a, b, 2) + _block(b, b, 1)
+    return nn.Sequential(*layers, nn.Flatten())
+
+
 class PoseHead(nn.Module):
     """(observation latent, goal latent) -> the goal's pose in the observation's frame.
 
-    The two latents are stacked on the channel axis; the features keep their spatial layout
-    (flattened, not pooled) because where things are in the view is what gives the pose away.
-    """
+    The two latents are stacked on the channel axis (:func:`latent_trunk`)."""
 
     def __init__(self, config: PoseHeadConfig):
         super().__init__()
         self.config = c = config
-        layers = _block(2 * c.latent_channels, c.widths[0], 1)
-        for c_in, c_out in zip(c.widths[:-1], c.widths[1:], strict=True):
-            layers += _block(c_in, c_out, 2) + _block(c_out, c_out, 1)
-        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.features = latent_trunk(2 * c.latent_channels, c.widths)
         side = c.latent_size // 2 ** (len(c.widths) - 1)
         self.mlp = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.widths[-1] * side * side, c.hidden), nn.SiLU(),
                                  nn.Dropout(c.dropout), nn.Linear(c.hidden, 4))  # fmt: skip
@@ -185,15 +188,7 @@ def evaluate(model: PoseHead, batch: tuple[torch.Tensor, ...]) -> dict[str, floa
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m planners.pose_distance", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, type=Path, help="folder of RECON-format trajectory folders")
-    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder whose ae/ encodes the frames")
-    p.add_argument("--out", required=True, type=Path, help="output folder (model + last/ resume state)")
-    p.add_argument("--cache", type=Path, default=Path("runs/latents"),
-                   help="latent cache folder (nav_come.latents; one file per split, reused when it fits)")  # fmt: skip
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget of this run")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_head_args(p, steps=4000)
     p.add_argument("--max-distance", type=float, default=PoseHeadConfig.max_distance,
                    help="training pairs lie within this many spacing units")  # fmt: skip
     p.add_argument("--max-turn", type=float, default=PoseHeadConfig.max_turn,
@@ -206,31 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare(args: argparse.Namespace, dist: Distributed):
     """Everything the run needs; returns the ``fit`` call to make."""
-    ae, _ = load_checkpoint(args.ckpt / "ae", "ae", "cpu")
-    key = checkpoint_hash(args.ckpt / "ae")
+    ae, key, config = head_setup(args, KIND, lambda c, size: PoseHeadConfig(
+        c, size, max_distance=args.max_distance, max_turn=args.max_turn, yaw_weight=args.yaw_weight))
     spacing = dataset_config(args.data, args.dataset, args.spacing).metric_waypoint_spacing
-    kw = dict(split_dir=args.split_dir, dataset=args.dataset)
-    last = args.out / "last"
-    if (last / "model" / CONFIG).is_file():  # a resumed run keeps its config
-        config = read_config(last / "model", KIND)[1]
-    else:
-        c = ae.config
-        size = c.image_size // 2 ** (len(c.widths) - 1)
-        config = PoseHeadConfig(c.latent_channels, size, max_distance=args.max_distance, max_turn=args.max_turn,
-                                yaw_weight=args.yaw_weight)  # fmt: skip
+    kw, last = dict(split_dir=args.split_dir, dataset=args.dataset), args.out / "last"
     pairs = dict(max_distance=config.max_distance, max_turn=config.max_turn)
     train = PairSampler(encode_split(ae, key, args.data, "train", args.cache, **kw), spacing, **pairs, flip=True)
     val_batch, val_metrics = None, {}
     if split_path(args.data, "val", args.split_dir, args.dataset).is_file():
         val = PairSampler(encode_split(ae, key, args.data, "val", args.cache, **kw), spacing, **pairs)
         val_batch = val.draw(VAL_PAIRS, torch.Generator().manual_seed(1234))
-    loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.05, warmup=100,
-                      ema_decay=0.999, bf16=bf16_flag(args.precision), val_every=args.val_every,
-                      ckpt_every_min=args.ckpt_every_min, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
-    meta = {"data": str(args.data), "ckpt": str(args.ckpt), "spacing": spacing, "seed": args.seed,
-            "batch_size": args.batch_size, "lr": args.lr, "machine": f"{platform.system()} {platform.machine()}",
-            "torch": torch.__version__,
-            "command": shlex.join(["python", "-m", "planners.pose_distance", *args.argv])}  # fmt: skip
+    loop, meta = head_loop(args), head_metadata(args, "planners.pose_distance", spacing=spacing)
     torch.manual_seed(args.seed)
 
     def loss_fn(model: PoseHead, g: torch.Generator) -> torch.Tensor:

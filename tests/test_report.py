@@ -71,3 +71,13 @@ def test_closed_loop_tables_pair_episodes_by_number(tmp_path):
     assert table[2] == "| A every 8 − B every 8 | +0.67 ± 0.33 | +0.50 ± 0.50 | 3 (2) |" and len(table) == 3
     assert report.navigate_table(tmp_path, ["navigate/x.json"]).splitlines()[2] == \
         "| A | 8 | 0.50 | 1.00 | 0.00 | 0.25 | 1.2 | 2.00 | 4 |"
+
+
+def test_a_costs_table_puts_imagined_and_true_views_side_by_side(tmp_path):
+    rows = [{"key": "a", "distance": "cost a", "ate": 1.5, "spearman": 0.25},
+            {"key": "a@sim", "distance": "cost a, true views", "ate": 1.25, "spearman": 0.5},
+            {"key": "b", "distance": "cost b", "ate": 2.0, "spearman": 0.125}]  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps({"runs": [{"rows": rows}]}))
+    lines = report.costs_table(tmp_path, "c.json", ("a", "b")).splitlines()
+    assert lines[2] == "| cost a | 1.500 | 0.250 | 1.250 | 0.500 |"
+    assert lines[3] == "| cost b | 2.000 | 0.125 | - | - |"

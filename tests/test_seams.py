@@ -69,6 +69,8 @@ def test_the_registry_names_each_method_once():
                                         ({"distance": "l2"}, "unknown goal distance 'l2'"),
                                         ({"precision": "fp16"}, "unknown precision 'fp16'"),
                                         ({"length_weight": float("nan")}, "penalty weights must be >= 0"),
+                                        ({"progress_weight": -1.0}, "progress -1"),
+                                        ({"progress_reduce": "max"}, "unknown progress reduction"),
                                         ({"alphas": {"xyz": 1.0}}, "unknown experts"),
                                         ({"spacing": 0.0}, "spacing must be > 0")])  # fmt: skip
 def test_a_bad_plan_config_names_the_value(bad, match):
@@ -105,3 +107,17 @@ def test_the_layout_says_how_to_make_a_missing_part(tmp_path):
     assert layout.need("gnm") == tmp_path / "ck" / "gnm" and layout.has("gnm") and not layout.has("nomad")
     other = CheckpointLayout(tmp_path / "ck", distilled=tmp_path / "d")
     assert other.folder("base", steps=2) == tmp_path / "d" / "2step" / "base"
+
+
+def test_the_fingerprint_follows_the_parts_a_result_reads(ckpt, tmp_path):
+    import shutil
+
+    from nav_come.core.layout import checkpoints_fingerprint
+
+    root = tmp_path / "ck"
+    shutil.copytree(ckpt, root)
+    before = checkpoints_fingerprint(root)
+    shutil.copytree(root / "gnm", root / "progress")  # an opt-in head: runs that use it record it themselves
+    assert checkpoints_fingerprint(root) == before
+    shutil.copytree(root / "gnm", root / "collision")
+    assert checkpoints_fingerprint(root) != before

@@ -9,7 +9,8 @@ simulator world; :func:`pick_checkpoint` chooses the one that matches a dataset)
     <root>/ssm/ <root>/full/           the memory baselines (the memory table only)
     <root>/ltm/                        optional: the LTM's settings (it has no offline weights)
     <root>/gnm/ <root>/nomad/          the policies (planners.train_policy)
-    <root>/pose/ <root>/collision/     planning heads (planners.pose_distance, planners.collision)
+    <root>/pose/ <root>/collision/     planning heads (planners.pose_distance, planners.collision,
+    <root>/progress/                   planners.progress)
     <root>/distilled/<k>step/<part>/   networks distilled for k DDIM steps (nav_come.distill)
 
 Every part is a :mod:`nav_come.core.checkpoint` folder (``model.safetensors`` + ``config.json``).
@@ -29,7 +30,8 @@ EXPERTS = ("stm", "sltm", "ssm", "full")  # trained offline; the LTM is trained 
 POLICIES = ("gnm", "nomad")
 LABELS = {"ae": "autoencoder", "base": "world model", "stm": "STM expert", "sltm": "SLTM expert",
           "ssm": "SSM baseline", "full": "Full baseline", "gnm": "GNM", "nomad": "NoMaD",
-          "pose": "pose head (the pose distance's)", "collision": "collision head"}  # fmt: skip
+          "pose": "pose head (the pose distance's)", "collision": "collision head",
+          "progress": "goal-progress head"}  # fmt: skip
 
 
 SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -56,6 +58,8 @@ def train_command(root: str | os.PathLike, part: str, steps: int | None = None,
         return f"python -m planners.train_policy --policy {part} --data DATA --out {root / part}"
     if part == "pose":
         return f"python -m planners.pose_distance --data DATA --ckpt {root} --out {root / part}"
+    if part == "progress":
+        return f"python -m planners.progress --data DATA --ckpt {root} --out {root / part}"
     if part == "collision":
         return f"python -m planners.collision --data DATA --ckpt {root} --out {root / part}"
     raise ValueError(f"unknown checkpoint part {part!r}")
@@ -95,9 +99,13 @@ class CheckpointLayout:
         return folder
 
 
+OPT_IN = ("progress",)  # parts read only when a run turns them on; such a run records their hash itself
+
+
 def checkpoints_fingerprint(root: str | os.PathLike) -> str:
-    """Short content hash of every checkpoint part in ``root`` (distilled ones included): what a
-    kept result depends on, so that retrained weights are never mixed with results of the old ones."""
+    """Short content hash of every checkpoint part in ``root`` (distilled ones included) but the
+    opt-in ones (:data:`OPT_IN`): what a kept result depends on, so that retrained weights are never
+    mixed with results of the old ones."""
     import hashlib
 
     from nav_come.core.checkpoint import checkpoint_hash
@@ -105,6 +113,8 @@ def checkpoints_fingerprint(root: str | os.PathLike) -> str:
     h = hashlib.sha256()
     for config in sorted(Path(root).rglob("config.json")):
         part = config.parent
+        if part.relative_to(root).parts[0] in OPT_IN:
+            continue
         if (part / "model.safetensors").is_file():
             h.update(f"{part.relative_to(root)}:{checkpoint_hash(part)}".encode())
         else:  # settings alone (the LTM's)

@@ -86,6 +86,15 @@ def rpe(est_xy, gt_xy, delta: int = 1) -> float | np.ndarray:
 # ----------------------------------------------------------------------------- images
 
 
+def spearman(a, b) -> float:
+    """Rank correlation of two (N,) arrays (ties broken by order; NaN when one is constant)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def _check_images(pred: torch.Tensor, target: torch.Tensor) -> None:
     if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise ValueError(f"pred and target must be torch tensors, got {type(pred).__name__}, {type(target).__name__}")

@@ -381,6 +381,54 @@ def run_stages(prog: str, out: Path, stages: list[Callable[[], Callable[[], obje
     return 0
 
 
+def add_head_args(p: argparse.ArgumentParser, steps: int, data_help: str = "folder of RECON-format trajectory folders"):
+    """The flags of a small head trained on cached latents (pose distance, clearance, progress), then
+    :func:`add_run_args`; the head adds its own between."""
+    p.add_argument("--data", required=True, type=Path, help=data_help)
+    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder whose ae/ encodes the frames")
+    p.add_argument("--out", required=True, type=Path, help="output folder (model + last/ resume state)")
+    p.add_argument("--cache", type=Path, default=Path("runs/latents"),
+                   help="latent cache folder (nav_come.latents; one file per split, reused when it fits)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget of this run")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+
+
+def head_setup(args: argparse.Namespace, kind: str, make_config: Callable[[int, int], object]):
+    """(frozen autoencoder, its hash: the latent cache's key, the head's config) of a head's run: a
+    resumed run keeps its config, a new one gets ``make_config(latent_channels, latent_size)``."""
+    from nav_come.core.checkpoint import CONFIG, checkpoint_hash, load_checkpoint, read_config
+
+    ae, _ = load_checkpoint(args.ckpt / "ae", "ae", "cpu")
+    last = args.out / "last"
+    if (last / "model" / CONFIG).is_file():
+        config = read_config(last / "model", kind)[1]
+    else:
+        c = ae.config
+        config = make_config(c.latent_channels, c.image_size // 2 ** (len(c.widths) - 1))
+    return ae, checkpoint_hash(args.ckpt / "ae"), config
+
+
+def head_loop(args: argparse.Namespace) -> LoopConfig:
+    """The optimisation of a small head, from its CLI's flags (:func:`add_head_args`)."""
+    from nav_come.core.precision import bf16_flag
+
+    return LoopConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.05, warmup=100,
+                      ema_decay=0.999, bf16=bf16_flag(args.precision), val_every=args.val_every,
+                      ckpt_every_min=args.ckpt_every_min, max_minutes=args.max_minutes, seed=args.seed)  # fmt: skip
+
+
+def head_metadata(args: argparse.Namespace, prog: str, **extra) -> dict:
+    """What a head's checkpoint records of its run: data, seed, batch, machine, the reproduce command."""
+    import platform
+    import shlex
+
+    return {"data": str(args.data), "ckpt": str(args.ckpt), "seed": args.seed, "batch_size": args.batch_size,
+            "lr": args.lr, **extra, "machine": f"{platform.system()} {platform.machine()}", "torch": torch.__version__,
+            "command": shlex.join(["python", "-m", prog, *args.argv])}  # fmt: skip
+
+
 def head_cli(prog: str, parser: argparse.ArgumentParser, prepare: Callable, argv: list[str] | None = None) -> int:
     """The CLI of a small head trained on cached latents (pose distance, clearance): parse,
     check ``--data``, set ``--threads``, then ``prepare(args, dist)``'s fit through :func:`run_stages`.
