@@ -7,6 +7,14 @@
                               [--steps 1 2 4 8 16] [--plans N] [--threads N] [--device cpu|cuda]
                               [--precision fp32 bf16]
     python -m eval.bench precision [--precision auto fp32 bf16] [--repeats 3]   # one plan per precision, interleaved
+    python -m eval.bench int8 [--data data/maze] [--n-samples 128]   # dynamic int8 against fp32 and bf16
+
+``int8`` measures dynamic int8 quantisation of the base DiT's linear layers
+(``torch.ao.quantization.quantize_dynamic``; fbgemm's kernels, AVX2 or better) against fp32 and
+bf16 autocast, side by side: the median seconds of one DiT forward at a planning batch (24
+candidates × 3 rollouts), interleaved, and prediction PSNR on the same ``--n-samples`` validation
+windows with the same noise (``eval/predict.py``'s rollouts, horizons 1, 2, 4, 8) with the
+seconds each took. It decides whether an int8 precision is worth offering on a machine.
 
 ``plan`` times one CEM plan of each CEM method (NWM, CoME, NWM+STM, NWM+LTM) under the NWM
 paper protocol's search (``--search paper``: 120 candidates × 3 rollouts × 8 steps; so does
@@ -185,6 +193,69 @@ def bench_forward_batch(ckpt, batches=FORWARD_BATCHES, repeats: int = 3, precisi
         rows.append({"batch": b, "s_per_forward": round(sec, 6), "ms_per_sample": round(1000 * sec / b, 3),
                      "precision": resolve(precision)})
     return rows
+
+
+INT8_BATCH = 72  # one seeded-search population: 24 candidates x 3 rollouts
+
+
+def quantized_dit(dit):
+    """A copy of ``dit`` whose linear layers run dynamic int8 (weights int8, activations quantised per batch)."""
+    import copy
+
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(dit), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def bench_int8(ckpt, data, split: str = "val", n_samples: int = 128, repeats: int = 5, seed: int = 0) -> dict:
+    """fp32, bf16 autocast and dynamic int8 of the base DiT: forward seconds at INT8_BATCH (median of
+    ``repeats``, interleaved) and prediction PSNR per horizon on the same windows and noise."""
+    import torch
+
+    from eval.predict import HORIZONS, evaluate
+    from nav_come.core.data import TrajectoryDataset
+    from nav_come.core.precision import autocast
+    from nav_come.world_model import WorldModel
+
+    wm = WorldModel.from_pretrained(ckpt, precision="fp32")
+    nets = {"fp32": (wm.dit, False), "bf16": (wm.dit, True), "int8": (quantized_dit(wm.dit), False)}
+    (c, h, w), C = wm.latent_shape, wm.context
+    g = torch.Generator().manual_seed(seed)
+    x, t, a = (torch.randn(INT8_BATCH, c, h, w, generator=g), torch.rand(INT8_BATCH, generator=g),
+               torch.randn(INT8_BATCH, 3, generator=g))  # fmt: skip
+    ctx = torch.randn(1, C, c, h, w, generator=g).expand(INT8_BATCH, -1, -1, -1, -1)
+    seconds = {k: [] for k in nets}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, (net, bf16) in nets.items():
+            start = time.perf_counter()
+            with torch.no_grad(), autocast(torch.device("cpu"), bf16):
+                net(x, t, context=ctx, action=a)
+            seconds[name].append(time.perf_counter() - start)
+    windows = TrajectoryDataset(data, split, context_size=C, pred_len=max(HORIZONS), goal_offset=None,
+                                image_size=wm.ae.config.image_size, cache=False)  # fmt: skip
+    idx = np.sort(np.random.default_rng(seed).choice(len(windows), min(n_samples, len(windows)), replace=False))
+    rows = []
+    for name, (net, bf16) in nets.items():
+        wm.dit, wm.bf16 = net, bf16
+        start = time.perf_counter()
+        scores, _ = evaluate(wm, windows, idx, seed, None, 32)
+        psnr = {r["horizon"]: r["psnr"] for r in scores if r["method"] == "world_model"}
+        rows.append({"precision": name, "s_per_forward": float(np.median(seconds[name][1:])),
+                     "predict_s": time.perf_counter() - start, "psnr": psnr})  # fmt: skip
+    return {"machine": machine(), **precision_report("cpu"), "batch": INT8_BATCH, "n_samples": len(idx),
+            "split": split, "data": str(data), "seed": seed, "rows": rows}  # fmt: skip
+
+
+def format_int8(out: dict) -> str:
+    fp32 = next(r for r in out["rows"] if r["precision"] == "fp32")
+    horizons = list(fp32["psnr"])
+    lines = [f"{'precision':<9} {'s/forward':>9} {'x fp32':>7} {'predict s':>9} "
+             + " ".join(f"{'PSNR@' + str(h):>8}" for h in horizons)]  # fmt: skip
+    for r in out["rows"]:
+        speedup = fp32["s_per_forward"] / r["s_per_forward"]
+        lines.append(f"{r['precision']:<9} {r['s_per_forward']:>9.3f} {speedup:>7.2f} {r['predict_s']:>9.1f} "
+                     + " ".join(f"{r['psnr'][h]:>8.2f}" for h in horizons))  # fmt: skip
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- memory
@@ -591,7 +662,7 @@ def _plan_main(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="nav_come benchmarks")
-    p.add_argument("what", choices=["render", "model", "memory", "plan", "precision"])
+    p.add_argument("what", choices=["render", "model", "memory", "plan", "precision", "int8"])
     p.add_argument("--json", help="write the rows here too")
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--ckpt", default="checkpoints/maze", help="checkpoint folder for `model` and `plan`")
@@ -605,6 +676,8 @@ def main(argv=None) -> int:
                    help="model, plan: precisions side by side (default fp32 bf16; auto: what plan.py would pick "
                         "here); precision: those interleaved (default auto fp32 bf16)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3, help="precision: plans per precision")
+    p.add_argument("--data", type=Path, default=Path("data/maze"), help="int8: the data whose val windows it predicts")
+    p.add_argument("--n-samples", type=int, default=128, help="int8: validation windows")
     p.add_argument("--candidates", type=int, default=120, help="plan: CEM candidates (NWM preset 120)")
     p.add_argument("--rollouts", type=int, default=3, help="plan: rollouts per candidate (NWM preset 3)")
     p.add_argument("--unbatched", action="store_true",
@@ -634,6 +707,17 @@ def main(argv=None) -> int:
         print(f"{'precision':<10} {'runs as':<8} {'s/plan (median)':>16}   runs")
         for r in out["rows"]:
             print(f"{r['precision']:<10} {r['runs_as']:<8} {r['s_per_plan']:>16.2f}   {r['seconds']}")
+        if args.json:
+            atomic_write_text(args.json, json.dumps(out, indent=2))
+        return 0
+    if args.what == "int8":
+        if not args.data.is_dir():
+            print(f"error: data folder {args.data} does not exist; collect it with python -m envs.collect "
+                  "(docs/reproduce.md) or pass --data", file=sys.stderr)  # fmt: skip
+            return 2
+        out = bench_int8(args.ckpt, args.data, n_samples=args.n_samples)
+        print(format_precision(out))
+        print(format_int8(out))
         if args.json:
             atomic_write_text(args.json, json.dumps(out, indent=2))
         return 0

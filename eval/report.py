@@ -208,6 +208,23 @@ def paired_success(results: Path, names: list[str], pairs: list[tuple[str, str]]
     return "\n".join(lines)
 
 
+def precision_int8(results: Path) -> str:
+    """``python -m eval.bench int8`` JSONs: forward seconds and prediction PSNR per precision, per CPU path."""
+    lines = ["| CPU path | precision | s/forward (batch 72) | × fp32 | PSNR h=1 | h=2 | h=4 | h=8 |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for tag, label in PATHS:
+        path = results / "precision" / f"int8_{tag}.json"
+        if not path.is_file():
+            continue
+        rows = json.loads(path.read_text())["rows"]
+        fp32 = next(r for r in rows if r["precision"] == "fp32")["s_per_forward"]
+        for r in rows:
+            psnr = " | ".join(f"{r['psnr'][h]:.2f}" for h in ("1", "2", "4", "8"))
+            lines.append(f"| {label} | {r['precision']} | {r['s_per_forward']:.3f} | {fp32 / r['s_per_forward']:.2f} | "
+                         f"{psnr} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 PROGRESS_COSTS = ("latent_mse", "progress_min", "progress_mean", "progress_last",
                   *(f"latent_mse+{w}progress_{r}" for r in ("min", "mean") for w in ("0.001", "0.01", "0.03", "0.1")))
 
@@ -297,6 +314,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "navigate-val-policies": lambda results: navigate_table(results, [f"navigate_val/policies20_k{k}.json"
                                                                       for k in (1, 2, 4, 8)]),
     "navigate-test": lambda results: navigate_table(results, NAVIGATE_TEST),
+    "precision-int8": precision_int8,
     "navigate-val-progress": lambda results: navigate_table(results, PROGRESS_VAL),
     "navigate-val-progress-paired": lambda results: paired_success(results, PROGRESS_VAL, PROGRESS_PAIRS),
     "costs-progress-val": lambda results: costs_table(results, "costs_val/progress40.json"),
