@@ -212,14 +212,18 @@ def summarise(records: list[dict]) -> dict:
     return out
 
 
-def progress_protocol(config, ckpt: Path) -> dict:
-    """{"progress": weight, reduction and head hash} when the goal-progress term is on, else {} (so
-    that runs without it keep matching the ones kept before it existed)."""
+def cost_terms_protocol(config, ckpt: Path) -> dict:
+    """The optional cost terms that are on: {"progress": weight, reduction and head hash} and
+    {"route_weight": W}; {} when none is (so that runs without them keep matching the ones kept
+    before they existed)."""
+    out = {}
+    if config.route_weight:
+        out["route_weight"] = config.route_weight
     if not config.progress_weight:
-        return {}
+        return out
     head = ckpt / "progress"
-    return {"progress": {"weight": config.progress_weight, "reduce": config.progress_reduce,
-                         "head": checkpoint_hash(head) if (head / "model.safetensors").is_file() else None}}
+    return out | {"progress": {"weight": config.progress_weight, "reduce": config.progress_reduce,
+                               "head": checkpoint_hash(head) if (head / "model.safetensors").is_file() else None}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,7 +335,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
     for key in ("length_weight", "collision_weight"):  # only when on: a run without them matches older ones
         if getattr(args, key):
             protocol[key] = getattr(args, key)
-    protocol |= progress_protocol(config, args.ckpt)
+    protocol |= cost_terms_protocol(config, args.ckpt)
     if args.resume is not None:  # every setting but the sample count; the alphas of every method ever run
         content = {"data_content": data_fingerprint(args.data, split_path(args.data, args.split, args.split_dir,
                                                                           args.dataset)),

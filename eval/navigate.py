@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 import envs  # noqa: F401  (registers the env)
-from eval.ate_rpe import METHOD_NAMES, check_resume, progress_protocol, table_labels
+from eval.ate_rpe import METHOD_NAMES, check_resume, cost_terms_protocol, table_labels
 from nav_come.core.checkpoint import CheckpointError
 from nav_come.core.data import data_config
 from nav_come.core.io import atomic_write_text
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = gym.make(envs.ENV_ID, world=args.world, max_steps=args.max_steps, image_size=args.image_size,
                    world_seeds=WORLD_SEEDS[args.worlds], render_mode="rgb_array").unwrapped
-    progress = progress_protocol(config, args.ckpt)
+    progress = cost_terms_protocol(config, args.ckpt)
     if args.resume is not None:
         try:
             check_resume(args.resume, {**progress, "world": args.world, "max_steps": args.max_steps, "seed": args.seed,

@@ -160,12 +160,15 @@ NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), 
 
 def _navigate_label(method: str, report: dict) -> str:
     """A closed-loop row's method, with the goal-progress term when the run had it on."""
-    progress = report.get("progress")
-    return f"{method} + progress {progress['weight']:g} ({progress['reduce']})" if progress else method
+    progress, route = report.get("progress"), report.get("route_weight")
+    label = f"{method} + progress {progress['weight']:g} ({progress['reduce']})" if progress else method
+    return f"{label} + route {route:g}" if route else label
 
 
 PROGRESS_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_progress.json"]
 PROGRESS_PAIRS = [("NWM + progress 0.1 (mean)@8", "NWM@8")]
+ROUTE_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_route_0.1.json", "navigate_val/nwm20_route_0.3.json"]
+ROUTE_PAIRS = [("NWM + route 0.1@8", "NWM@8"), ("NWM + route 0.3@8", "NWM@8")]
 
 
 def navigate_table(results: Path, names: list[str]) -> str:
@@ -317,6 +320,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "precision-int8": precision_int8,
     "navigate-val-progress": lambda results: navigate_table(results, PROGRESS_VAL),
     "navigate-val-progress-paired": lambda results: paired_success(results, PROGRESS_VAL, PROGRESS_PAIRS),
+    "navigate-val-route": lambda results: navigate_table(results, ROUTE_VAL),
+    "navigate-val-route-paired": lambda results: paired_success(results, ROUTE_VAL, ROUTE_PAIRS),
     "costs-progress-val": lambda results: costs_table(results, "costs_val/progress40.json"),
     "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
     "outdoor-navigate": lambda results: navigate_table(results, OUTDOOR_NAVIGATE),

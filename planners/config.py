@@ -113,7 +113,8 @@ class PlanConfig:
     over ``DEFAULT_RELEVANCE`` (1: a fixed share); length_weight, collision_weight: the cost's
     penalties (:mod:`planners.cost`; a collision weight above 0 needs ``CKPT/collision``);
     progress_weight, progress_reduce: the goal-progress term (:class:`~planners.cost.ProgressTerm`;
-    a weight above 0 needs ``CKPT/progress``);
+    a weight above 0 needs ``CKPT/progress``); route_weight: the memory-route term
+    (:mod:`planners.memory_route`);
     precision: auto | fp32 | bf16.
     Policies ignore all of it.
     """
@@ -138,6 +139,9 @@ class PlanConfig:
                                    "planners.progress)", type=float)  # fmt: skip
     progress_reduce: str = _flag("min", "--progress-reduce", "how a rollout's per-frame progress estimates combine",
                                  choices=PROGRESS_REDUCTIONS)  # fmt: skip
+    route_weight: float = _flag(0.0, "--route-weight", "CEM cost per metre of route distance from a candidate's end "
+                                "to where the goal was seen in the episode's memory (planners.memory_route; needs "
+                                "the episode's frames and poses)", type=float)  # fmt: skip
     search: str = _flag("seeded", "--search", "world-model methods: seeded (default: CEM seeded with NoMaD's samples "
                         "and GNM's prediction, refined per step; needs CKPT/gnm and CKPT/nomad) or paper (NWM's CEM "
                         "from its prior)",
@@ -158,9 +162,11 @@ class PlanConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.sampler_steps < 1 or self.rollouts < 1:
             raise ValueError(f"sampler steps and rollouts must be >= 1, got {self.sampler_steps} and {self.rollouts}")
-        if not (self.length_weight >= 0 and self.collision_weight >= 0 and self.progress_weight >= 0):  # refuses NaN
+        if not (self.length_weight >= 0 and self.collision_weight >= 0 and self.progress_weight >= 0
+                and self.route_weight >= 0):  # refuses NaN
             raise ValueError(f"penalty weights must be >= 0, got length {self.length_weight}, "
-                             f"collision {self.collision_weight}, progress {self.progress_weight}")  # fmt: skip
+                             f"collision {self.collision_weight}, progress {self.progress_weight}, "
+                             f"route {self.route_weight}")  # fmt: skip
         if self.progress_reduce not in PROGRESS_REDUCTIONS:
             raise ValueError(f"unknown progress reduction {self.progress_reduce!r}; choose one of "
                              f"{', '.join(PROGRESS_REDUCTIONS)}")  # fmt: skip

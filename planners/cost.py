@@ -28,11 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nav_come.compose import rollout
-from nav_come.core.geometry import step_actions, waypoints_from_actions
+from nav_come.core.geometry import se2_compose, step_actions, waypoints_from_actions
 from nav_come.core.metrics import lpips, lpips_available, ssim
 from nav_come.memory_bank import EpisodeMemory
 from planners.timing import PlanTimer, section
@@ -178,6 +179,7 @@ def world_model_cost(
     collision_weight: float = 0.0,
     denoiser=None,
     progress: ProgressTerm | None = None,
+    route=None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The CEM cost of every world-model method: per-step deltas (N, H, 3) in the start frame ->
     (N,) mean goal distance (plus the penalties).
@@ -197,8 +199,13 @@ def world_model_cost(
         start = None
     denoiser = denoiser if denoiser is not None else world_model.base_expert()
     target = _goal_target(world_model, goal, distance.needs_pixels, timer)
-    if progress is not None and progress.weight:
+    needs_latent = (progress is not None and progress.weight) or (route is not None and route.weight)
+    if needs_latent:
         goal_latent = target if not distance.needs_pixels else _goal_target(world_model, goal, False, timer)
+    route_value = None
+    if route is not None and route.weight and start is not None:
+        with section(timer, "cost"):
+            route_value = route.plan_value(start.latents, start.poses.numpy(), goal_latent)
 
     def cost(deltas: torch.Tensor) -> torch.Tensor:
         steps = candidate_motions(deltas, rollouts).to(world_model.device)  # (N*R, H, 3)
@@ -211,6 +218,10 @@ def world_model_cost(
         if progress is not None and progress.weight:
             with section(timer, "cost"):
                 c = c + progress(latents, goal_latent, len(deltas), rollouts)
+        if route_value is not None:
+            ends = waypoints_from_actions(deltas)[:, -1].double().numpy() * [start.spacing, start.spacing, 1.0]
+            world = se2_compose(np.broadcast_to(start.poses[start.now].numpy(), ends.shape), ends)  # (N, 3)
+            c = c + route.weight * torch.from_numpy(route_value(world[:, :2])).to(c)
         return c
 
     return cost

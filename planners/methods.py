@@ -248,6 +248,10 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
                  "collision_weight": config.collision_weight}  # fmt: skip
     if config.progress_weight:
         penalties["progress"] = load_progress(ckpt_dir, config.progress_weight, config.progress_reduce, device)
+    if config.route_weight:
+        from planners.memory_route import MemoryRoute
+
+        penalties["route"] = MemoryRoute(config.route_weight)
     if (m.search or config.search) == "seeded":
         penalties |= seeded_search(layout, config, cem_config, device)
     if not names:

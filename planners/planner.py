@@ -126,6 +126,7 @@ class WorldModelPlanner:
         proposer: PolicyProposals | None = None,
         seeded: cem.SeededConfig | None = None,
         progress: ProgressTerm | None = None,
+        route=None,
     ):
         """length_weight: cost per spacing unit of path; collision: a
         :class:`~planners.collision.ClearanceHead` whose risk over the imagined frames costs
@@ -133,7 +134,9 @@ class WorldModelPlanner:
         of the observed poses; name: the method, for messages; proposer and seeded: search with
         proposal-seeded CEM (:func:`planners.cem.seeded_plan`) from the proposer's trajectories
         instead of NWM's CEM (``cem_config``); progress: the goal-progress term of the cost
-        (:class:`~planners.cost.ProgressTerm`, None: off)."""
+        (:class:`~planners.cost.ProgressTerm`, None: off); route: the route distance to where the
+        goal was seen in the observed history (:class:`~planners.memory_route.MemoryRoute`, None:
+        off; a planner with one observes the episode even without memory experts)."""
         if (proposer is None) != (seeded is None):
             raise ValueError("proposal-seeded CEM needs both a proposer and its SeededConfig")
         if denoiser is None:
@@ -142,7 +145,7 @@ class WorldModelPlanner:
         self.world_model, self.denoiser, self.cfg, self.distance = world_model, denoiser, cem_config, distance
         self.rollouts, self.length_weight, self.spacing, self.name = rollouts, length_weight, spacing, name
         self.collision, self.collision_weight = collision, collision_weight if collision is not None else 0.0
-        self.proposer, self.seeded, self.progress = proposer, seeded, progress
+        self.proposer, self.seeded, self.progress, self.route = proposer, seeded, progress, route
         self.timer: PlanTimer | None = None
         self.history = None  # EpisodeMemory of the observed frames
         self.last_observe: dict = {}
@@ -162,8 +165,8 @@ class WorldModelPlanner:
 
     @property
     def uses_memory(self) -> bool:
-        """Whether an expert reads the episode (anything but the base alone): worth observing."""
-        return set(self.denoiser.experts) != {"base"}
+        """Whether an expert (anything but the base alone) or the route term reads the episode: worth observing."""
+        return set(self.denoiser.experts) != {"base"} or (self.route is not None and self.route.weight > 0)
 
     @property
     def cost_name(self) -> str:
@@ -175,6 +178,8 @@ class WorldModelPlanner:
             name += f" + {self.collision_weight:g} x collision risk (m)"
         if self.progress is not None and self.progress.weight:
             name += f" + {self.progress.name}"
+        if self.route is not None and self.route.weight:
+            name += f" + {self.route.name}"
         return name
 
     # ------------------------------------------------------------------ the episode
@@ -244,9 +249,10 @@ class WorldModelPlanner:
 
     def cost(self, start: EpisodeMemory, goal: torch.Tensor, generator: torch.Generator | None = None):
         """The cost function of candidates' per-step deltas (N, H, 3) -> (N,) for a plan from ``start``."""
+        route = self.route if self.history is not None else None  # only real poses place the goal
         return world_model_cost(self.world_model, start, goal, self.distance, self.rollouts, generator,
                                 self.length_weight, self.timer, self.collision, self.collision_weight,
-                                self.denoiser, self.progress)  # fmt: skip
+                                self.denoiser, self.progress, route)  # fmt: skip
 
     def imagine(self, start: EpisodeMemory, deltas: torch.Tensor, generator: torch.Generator | None = None):
         """Frames (K, 3, H, W) of the rollout of one plan's per-step deltas (K, 3) from ``start``."""

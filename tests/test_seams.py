@@ -71,6 +71,7 @@ def test_the_registry_names_each_method_once():
                                         ({"length_weight": float("nan")}, "penalty weights must be >= 0"),
                                         ({"progress_weight": -1.0}, "progress -1"),
                                         ({"progress_reduce": "max"}, "unknown progress reduction"),
+                                        ({"route_weight": float("nan")}, "route nan"),
                                         ({"alphas": {"xyz": 1.0}}, "unknown experts"),
                                         ({"spacing": 0.0}, "spacing must be > 0")])  # fmt: skip
 def test_a_bad_plan_config_names_the_value(bad, match):
