@@ -42,18 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nav_come.core import train_loop
 from nav_come.core.checkpoint import load_checkpoint, register_kind, save_checkpoint_files
 from nav_come.core.data import DataFormatError, split_path
-from nav_come.core.train_loop import (
-    Distributed,
-    add_head_args,
-    add_run_args,
-    fit,
-    head_cli,
-    head_loop,
-    head_metadata,
-    head_setup,
-)
+from nav_come.core.train_loop import Distributed, add_run_args, fit, head_cli
 from nav_come.latents import LatentSet, encode_split
 
 KIND = "clearance"
@@ -176,7 +168,7 @@ def evaluate(model: ClearanceHead, z: torch.Tensor, labels: torch.Tensor, mean: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m planners.collision", description=__doc__.split("\n\n")[0])
-    add_head_args(p, steps=3000, data_help="simulator data (envs.collect) in RECON format")
+    train_loop.add_head_args(p, steps=3000, data_help="simulator data (envs.collect) in RECON format")
     p.add_argument("--margin", type=float, default=ClearanceConfig.margin, help="penalty below this clearance (m)")
     p.add_argument("--near-share", type=float, default=0.0,
                    help="share of a batch drawn from views closer than 2 x margin (rare in driven data)")  # fmt: skip
@@ -186,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare(args: argparse.Namespace, dist: Distributed):
     """Everything the run needs; returns the ``fit`` call to make."""
-    ae, key, config = head_setup(args, KIND, lambda c, size: ClearanceConfig(c, size, margin=args.margin))
+    ae, key, config = train_loop.head_setup(args, KIND, lambda c, size: ClearanceConfig(c, size, margin=args.margin))
     kw, last = dict(split_dir=args.split_dir, dataset=args.dataset), args.out / "last"
     train = encode_split(ae, key, args.data, "train", args.cache, **kw)
     y = clearance_labels(train, config.max_range)
@@ -195,8 +187,8 @@ def prepare(args: argparse.Namespace, dist: Distributed):
         v = encode_split(ae, key, args.data, "val", args.cache, **kw)
         pick = torch.randperm(len(v.latents), generator=torch.Generator().manual_seed(1234))[:4096]
         val = (v.latents[pick].float(), clearance_labels(v, config.max_range)[pick])
-    loop, meta = head_loop(args), head_metadata(args, "planners.collision", near_share=args.near_share,
-                                                train_mean_m=mean)  # fmt: skip
+    loop = train_loop.head_loop(args)
+    meta = train_loop.head_metadata(args, "planners.collision", near_share=args.near_share, train_mean_m=mean)
     torch.manual_seed(args.seed)
 
     near = torch.nonzero(y < 2 * config.margin)[:, 0]  # the views a collision penalty must recognise

@@ -37,19 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nav_come.core import train_loop
 from nav_come.core.checkpoint import load_checkpoint, register_kind, save_checkpoint_files
 from nav_come.core.data import dataset_config, split_path
 from nav_come.core.geometry import se2_relative, wrap_angle
-from nav_come.core.train_loop import (
-    Distributed,
-    add_head_args,
-    add_run_args,
-    fit,
-    head_cli,
-    head_loop,
-    head_metadata,
-    head_setup,
-)
+from nav_come.core.train_loop import Distributed, add_run_args, fit, head_cli
 from nav_come.latents import LatentSet, encode_split
 
 KIND = "posehead"
@@ -188,7 +180,7 @@ def evaluate(model: PoseHead, batch: tuple[torch.Tensor, ...]) -> dict[str, floa
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m planners.pose_distance", description=__doc__.split("\n\n")[0])
-    add_head_args(p, steps=4000)
+    train_loop.add_head_args(p, steps=4000)
     p.add_argument("--max-distance", type=float, default=PoseHeadConfig.max_distance,
                    help="training pairs lie within this many spacing units")  # fmt: skip
     p.add_argument("--max-turn", type=float, default=PoseHeadConfig.max_turn,
@@ -201,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare(args: argparse.Namespace, dist: Distributed):
     """Everything the run needs; returns the ``fit`` call to make."""
-    ae, key, config = head_setup(args, KIND, lambda c, size: PoseHeadConfig(
+    ae, key, config = train_loop.head_setup(args, KIND, lambda c, size: PoseHeadConfig(
         c, size, max_distance=args.max_distance, max_turn=args.max_turn, yaw_weight=args.yaw_weight))
     spacing = dataset_config(args.data, args.dataset, args.spacing).metric_waypoint_spacing
     kw, last = dict(split_dir=args.split_dir, dataset=args.dataset), args.out / "last"
@@ -211,7 +203,7 @@ def prepare(args: argparse.Namespace, dist: Distributed):
     if split_path(args.data, "val", args.split_dir, args.dataset).is_file():
         val = PairSampler(encode_split(ae, key, args.data, "val", args.cache, **kw), spacing, **pairs)
         val_batch = val.draw(VAL_PAIRS, torch.Generator().manual_seed(1234))
-    loop, meta = head_loop(args), head_metadata(args, "planners.pose_distance", spacing=spacing)
+    loop, meta = train_loop.head_loop(args), train_loop.head_metadata(args, "planners.pose_distance", spacing=spacing)
     torch.manual_seed(args.seed)
 
     def loss_fn(model: PoseHead, g: torch.Generator) -> torch.Tensor:

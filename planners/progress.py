@@ -40,20 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nav_come.core import train_loop
 from nav_come.core.checkpoint import load_checkpoint, register_kind, save_checkpoint_files
 from nav_come.core.data import dataset_config, split_path
 from nav_come.core.geometry import wrap_angle
 from nav_come.core.metrics import spearman
-from nav_come.core.train_loop import (
-    Distributed,
-    add_head_args,
-    add_run_args,
-    fit,
-    head_cli,
-    head_loop,
-    head_metadata,
-    head_setup,
-)
+from nav_come.core.train_loop import Distributed, add_run_args, fit, head_cli
 from nav_come.latents import LatentSet, encode_split
 from planners.collision import SIM_NAME
 from planners.pose_distance import latent_trunk
@@ -196,7 +188,7 @@ def evaluate(model: ProgressHead, batch: tuple[torch.Tensor, ...], mean: float) 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m planners.progress", description=__doc__.split("\n\n")[0])
-    add_head_args(p, steps=6000)
+    train_loop.add_head_args(p, steps=6000)
     p.add_argument("--horizon", type=int, default=ProgressConfig.horizon, help="frames: the estimate's cap")
     add_run_args(p)
     return p
@@ -204,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare(args: argparse.Namespace, dist: Distributed):
     """Everything the run needs; returns the ``fit`` call to make."""
-    ae, key, config = head_setup(args, KIND, lambda c, size: ProgressConfig(c, size, horizon=args.horizon))
+    ae, key, config = train_loop.head_setup(args, KIND, lambda c, size: ProgressConfig(c, size, horizon=args.horizon))
     spacing = dataset_config(args.data, args.dataset, args.spacing).metric_waypoint_spacing
     kw, last = dict(split_dir=args.split_dir, dataset=args.dataset), args.out / "last"
     train = ProgressPairs(encode_split(ae, key, args.data, "train", args.cache, **kw), spacing, config, flip=True)
@@ -213,7 +205,7 @@ def prepare(args: argparse.Namespace, dist: Distributed):
     if split_path(args.data, "val", args.split_dir, args.dataset).is_file():
         val = ProgressPairs(encode_split(ae, key, args.data, "val", args.cache, **kw), spacing, config)
         val_batch = val.draw(VAL_PAIRS, torch.Generator().manual_seed(1234))
-    loop, meta = head_loop(args), head_metadata(args, "planners.progress", spacing=spacing)
+    loop, meta = train_loop.head_loop(args), train_loop.head_metadata(args, "planners.progress", spacing=spacing)
     torch.manual_seed(args.seed)
 
     def loss_fn(model: ProgressHead, g: torch.Generator) -> torch.Tensor:
