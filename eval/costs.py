@@ -52,7 +52,7 @@ from nav_come.core.precision import add_precision_arg, resolve, use_bf16
 from nav_come.distill import distilled_steps, distilled_world_model
 from nav_come.world_model import WorldModel
 from planners import cem
-from planners.cost import DISTANCES, LEARNED, PROGRESS_REDUCTIONS, GoalDistance, ProgressTerm, candidate_motions
+from planners.cost import DISTANCES, LEARNED, PROGRESS_REDUCTIONS, GoalDistance, candidate_motions, reduce_progress
 from planners.methods import load_distance
 from planners.progress import load_progress_head
 
@@ -128,11 +128,9 @@ def score_sample(wm: WorldModel, sample: dict, distances: list[GoalDistance], cf
 def progress_costs(head, latents: torch.Tensor, goal: torch.Tensor, rollouts: int) -> dict[str, np.ndarray]:
     """{"progress_<reduction>": (N,)} frames to the goal, every reduction of the per-frame estimates
     of latents (N*R, K, c, h, w), averaged over each candidate's R rollouts."""
-    out = {}
-    for reduce in PROGRESS_REDUCTIONS:
-        frames = ProgressTerm(head, 1.0, reduce).frames(latents, goal)
-        out[f"progress_{reduce}"] = frames.view(-1, rollouts).mean(1).float().cpu().numpy()
-    return out
+    steps = head.steps(latents.flatten(0, 1), goal).view(*latents.shape[:2])  # (N*R, K), read once
+    return {f"progress_{r}": reduce_progress(steps, r).view(-1, rollouts).mean(1).float().cpu().numpy()
+            for r in PROGRESS_REDUCTIONS}
 
 
 def combinations(costs: dict[str, np.ndarray], weights: list[float]) -> dict[str, np.ndarray]:

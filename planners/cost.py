@@ -93,6 +93,13 @@ class GoalDistance:
         return (pred - goal).pow(2).flatten(1).mean(1)
 
 
+def reduce_progress(steps: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Per-frame estimates (B, K) -> (B,): ``min``, ``mean`` or ``last`` over a rollout's frames."""
+    if reduce == "min":
+        return steps.min(1).values
+    return steps.mean(1) if reduce == "mean" else steps[:, -1]
+
+
 class ProgressTerm:
     """``weight`` x a rollout's estimated frames to the goal: the progress head reads every imagined
     frame, and ``reduce`` combines them: ``min`` (the nearest the rollout comes to the goal), ``mean``
@@ -112,10 +119,7 @@ class ProgressTerm:
     def frames(self, latents: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         """Imagined latents (B, K, c, h, w) and the goal latent (c, h, w) -> (B,) the reduced estimate (frames)."""
         B, K = latents.shape[:2]
-        steps = self.head.steps(latents.flatten(0, 1), goal).view(B, K)
-        if self.reduce == "min":
-            return steps.min(1).values
-        return steps.mean(1) if self.reduce == "mean" else steps[:, -1]
+        return reduce_progress(self.head.steps(latents.flatten(0, 1), goal).view(B, K), self.reduce)
 
     def __call__(self, latents: torch.Tensor, goal: torch.Tensor, n: int, rollouts: int) -> torch.Tensor:
         """(N*R, K, c, h, w) imagined latents -> (N,) weighted estimate, averaged over each candidate's rollouts."""
