@@ -1,9 +1,13 @@
 """Collect a RECON-format dataset in the simulator.
 
     python -m envs.collect --out DIR --world outdoor|maze --n-traj N --traj-len T --seed S --workers W
+                           [--wall-push P]
 
 Output (other tools read it):
-- ``DIR/<traj_name>/{0.jpg …, traj_data.pkl}``, 4 Hz, positions in metres;
+- ``DIR/<traj_name>/{0.jpg …, traj_data.pkl}``, 4 Hz, positions in metres; the pickle also
+  holds ``commanded`` (T, 3) and ``contact`` (T,) (:mod:`nav_come.core.data.recon`);
+  ``--wall-push P`` makes the driver push into a wall and back off with probability P per
+  frame (``envs.driver``), so that contact is in the data;
 - ``DIR/splits/{train,val,test}/traj_names.txt``; train, val and test come from
   disjoint sets of world seeds, so test worlds are never seen in training;
 - ``DIR/splits/{val,test}/navigation_eval.json``: ``[{"traj", "t"}]``, goal at t+8,
@@ -57,10 +61,11 @@ class Job:
     driver_seed: int
     traj_len: int
     image_size: int
+    wall_push: float = 0.0
 
 
 def plan_jobs(world: str, n_traj: int, traj_len: int, seed: int, image_size: int,
-              traj_per_world: int) -> tuple[list[Job], dict[str, list[int]]]:
+              traj_per_world: int, wall_push: float = 0.0) -> tuple[list[Job], dict[str, list[int]]]:
     """Every trajectory to collect, and the world seeds of each split (disjoint)."""
     rng = np.random.default_rng(seed)
     n_worlds = math.ceil(n_traj / traj_per_world)
@@ -72,7 +77,7 @@ def plan_jobs(world: str, n_traj: int, traj_len: int, seed: int, image_size: int
     for k in range(n_traj):
         ws = seeds[k // traj_per_world]
         jobs.append(Job(f"{world}_{ws:06d}_{k % traj_per_world:02d}", world, ws,
-                        int(np.random.default_rng([seed, k]).integers(2**31)), traj_len, image_size))
+                        int(np.random.default_rng([seed, k]).integers(2**31)), traj_len, image_size, wall_push))
     return jobs, splits
 
 
@@ -84,11 +89,12 @@ def run_job(job: Job, out: str) -> tuple[str, int]:
 
     sim = Simulator((job.world, job.world_seed), job.image_size)
     try:
-        driver = Driver(sim, OccupancyMap(sim.world), np.random.default_rng(job.driver_seed))
+        driver = Driver(sim, OccupancyMap(sim.world), np.random.default_rng(job.driver_seed), wall_push=job.wall_push)
         frames, poses, collisions = driver.run(job.traj_len)
     finally:
         sim.close()
-    write_trajectory(Path(out) / job.name, frames, poses[:, :2], poses[:, 2])
+    write_trajectory(Path(out) / job.name, frames, poses[:, :2], poses[:, 2], commanded=driver.commanded,
+                     contact=driver.contact)
     return job.name, collisions
 
 
@@ -133,13 +139,16 @@ def memory_index(trajs: dict, per_traj: int) -> list[dict]:
 
 def write_indices(out: Path, splits: dict, names_by_split: dict, args) -> dict:
     """Split files, evaluation indices and dataset.json. Returns the dataset summary."""
-    shares = {}
+    shares, contact = {}, {}
     for split, names in names_by_split.items():
         write_split(out / "splits" / split / "traj_names.txt", names)
-        trajs = {}
+        trajs, touching = {}, []
         for n in names:
             tr = read_trajectory(out / n, load_images=False)
             trajs[n] = (tr.position, tr.yaw)
+            if tr.contact is not None:
+                touching.append(tr.contact)
+        contact[split] = float(np.mean(np.concatenate(touching))) if touching else 0.0
         masks = [revisit_mask(p, y) for p, y in trajs.values()]
         shares[split] = float(np.mean(np.concatenate(masks))) if masks else 0.0
         if split in ("val", "test"):
@@ -154,6 +163,7 @@ def write_indices(out: Path, splits: dict, names_by_split: dict, args) -> dict:
         "image_size": args.image_size, "rate_hz": 4.0, "metric_waypoint_spacing": 0.25,
         "camera": {"height_m": CAMERA_HEIGHT, "fov_deg": CAMERA_FOVY},
         "revisit_share": shares, "revisit_rule": "within 0.5 m and 30 deg of a frame more than 16 frames earlier",
+        "wall_push": args.wall_push, "contact_share": contact,
     }
     atomic_write_text(out / "dataset.json", json.dumps(summary, indent=2))
     return summary
@@ -171,15 +181,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--traj-per-world", type=int, default=4)
     p.add_argument("--nav-per-traj", type=int, default=10)
     p.add_argument("--memory-per-traj", type=int, default=3)
+    p.add_argument("--wall-push", type=float, default=0.0,
+                   help="probability per frame that the driver pushes into a wall and backs off (0: never)")
     args = p.parse_args(argv)
     if args.n_traj < 1 or args.traj_len < NAV_CONTEXT + NAV_GOAL or args.workers < 1 or args.image_size < 8:
         p.error("need --n-traj >= 1, --traj-len >= 12, --workers >= 1 and --image-size >= 8")
+    if not 0.0 <= args.wall_push <= 1.0:
+        p.error(f"--wall-push is a probability per frame; give a value in [0, 1], not {args.wall_push}")
     return args
 
 
 SETTINGS = "collect.json"  # the settings a folder was collected with; a rerun must repeat them
 SETTING_KEYS = ("world", "n_traj", "traj_len", "seed", "image_size", "traj_per_world", "nav_per_traj",
-                "memory_per_traj")  # fmt: skip
+                "memory_per_traj", "wall_push")  # fmt: skip
+SETTING_DEFAULTS = {"wall_push": 0.0}  # settings added later: what a folder without them was collected with
 
 
 def claim(out: Path, args) -> None:
@@ -195,9 +210,11 @@ def claim(out: Path, args) -> None:
     path = out / SETTINGS
     if not path.is_file() and (out / "dataset.json").is_file():  # collected before collect.json existed
         stored = json.loads((out / "dataset.json").read_text())
-        atomic_write_text(path, json.dumps({**settings, **{k: stored[k] for k in SETTING_KEYS if k in stored}}))
+        known = {k: stored[k] for k in SETTING_KEYS if k in stored}
+        atomic_write_text(path, json.dumps({**settings, **SETTING_DEFAULTS, **known}))
     if path.is_file():
         stored = json.loads(path.read_text())
+        stored = {**SETTING_DEFAULTS, **stored}
         differ = [f"--{k.replace('_', '-')} {stored.get(k)}" for k in SETTING_KEYS if stored.get(k) != settings[k]]
         if differ:
             raise ValueError(f"{out} was collected with {', '.join(differ)}; rerun with those settings to resume, "
@@ -223,7 +240,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     for stale in out.glob(".*.tmp-*"):  # left by an interrupted run; never read as data
         shutil.rmtree(stale, ignore_errors=True)
-    jobs, splits = plan_jobs(args.world, args.n_traj, args.traj_len, args.seed, args.image_size, args.traj_per_world)
+    jobs, splits = plan_jobs(args.world, args.n_traj, args.traj_len, args.seed, args.image_size, args.traj_per_world,
+                             args.wall_push)
     todo = [j for j in jobs if not _is_done(out / j.name)]
     start = time.time()
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"collect {args.world}", unit="traj")

@@ -213,12 +213,14 @@ def summarise(records: list[dict]) -> dict:
 
 
 def cost_terms_protocol(config, ckpt: Path) -> dict:
-    """The optional cost terms that are on: {"progress": weight, reduction and head hash} and
-    {"route_weight": W}; {} when none is (so that runs without them keep matching the ones kept
-    before they existed)."""
+    """The optional cost terms that are on: {"progress": weight, reduction and head hash},
+    {"route_weight": W} and {"clearance_floor": metres}; {} when none is (so that runs without
+    them keep matching the ones kept before they existed)."""
     out = {}
     if config.route_weight:
         out["route_weight"] = config.route_weight
+    if config.clearance_floor:
+        out["clearance_floor"] = config.clearance_floor
     if not config.progress_weight:
         return out
     head = ckpt / "progress"

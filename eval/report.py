@@ -169,6 +169,9 @@ PROGRESS_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_progress.json"
 PROGRESS_PAIRS = [("NWM + progress 0.1 (mean)@8", "NWM@8")]
 ROUTE_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_route_0.1.json", "navigate_val/nwm20_route_0.3.json"]
 ROUTE_PAIRS = [("NWM + route 0.1@8", "NWM@8"), ("NWM + route 0.3@8", "NWM@8")]
+ROUTE_TEST = NAVIGATE_TEST + ["navigate/test40_route.json"]
+ROUTE_TEST_PAIRS = [("NWM + route 0.3@8", "NWM@8"), ("NWM + route 0.3@8", "GNM@1"), ("NWM + route 0.3@8", "NoMaD@1"),
+                    ("NWM + route 0.3@8", "GNM@4")]
 
 
 def navigate_table(results: Path, names: list[str]) -> str:
@@ -322,6 +325,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "navigate-val-progress-paired": lambda results: paired_success(results, PROGRESS_VAL, PROGRESS_PAIRS),
     "navigate-val-route": lambda results: navigate_table(results, ROUTE_VAL),
     "navigate-val-route-paired": lambda results: paired_success(results, ROUTE_VAL, ROUTE_PAIRS),
+    "navigate-test-route": lambda results: navigate_table(results, ROUTE_TEST),
+    "navigate-test-route-paired": lambda results: paired_success(results, ROUTE_TEST, ROUTE_TEST_PAIRS),
     "costs-progress-val": lambda results: costs_table(results, "costs_val/progress40.json"),
     "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
     "outdoor-navigate": lambda results: navigate_table(results, OUTDOOR_NAVIGATE),

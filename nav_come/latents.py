@@ -7,6 +7,8 @@ trajectory is encoded exactly once and kept in one safetensors file::
         latents (N, c, h, w) float16   all frames of the split, trajectory after trajectory
         poses   (N, 3)       float64   world (x, y, yaw) of each frame (metres, radians)
         starts  (n+1,)       int64     frame offset of each trajectory; names in the metadata
+        commanded (N, 3)     float64   optional: the command at each frame as one-step motion
+                                       (metres, radians; recorded by this project's simulator)
 
 ``key`` hashes the autoencoder checkpoint, the data folder and the split's names, so a
 new autoencoder or split never reads a stale cache. Writes are atomic.
@@ -14,6 +16,10 @@ new autoencoder or split never reads a stale cache. Writes are atomic.
 :class:`LatentWindowDataset` turns it into denoiser training items: the context latents
 of frames t-C+1..t, the target latent of frame t+s with s uniform in 1..max_shift, and
 the action: the pose of t+s in the robot frame of t, xy in spacing units (docs/design.md §2).
+Where the data records commands (:mod:`nav_come.core.data.recon`), the action is the motion
+that was *commanded* from t to t+s, so a window in which the robot pushed into a wall
+teaches "this action, against a wall, leaves the view as it is". Without contact the two
+are the same.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from tqdm import tqdm
 
 from nav_come.autoencoder import Autoencoder
 from nav_come.core.data import poses, read_split, read_trajectory, revisit_mask, split_path
-from nav_come.core.geometry import se2_relative
+from nav_come.core.geometry import se2_compose, se2_relative
 from nav_come.core.io import atomic_write_bytes
 from nav_come.world_model import encode_frames
 
@@ -41,27 +47,29 @@ from nav_come.world_model import encode_frames
 @dataclass
 class LatentSet:
     """All frame latents of one split. latents (N, c, h, w) float16; poses (N, 3) float64
-    world (x, y, yaw); starts (n+1,) int64 trajectory offsets; names: trajectory names."""
+    world (x, y, yaw); starts (n+1,) int64 trajectory offsets; names: trajectory names;
+    commanded (N, 3) float64 one-step commanded motion per frame, or None (module docstring)."""
 
     latents: torch.Tensor
     poses: torch.Tensor
     starts: torch.Tensor
     names: list[str]
+    commanded: torch.Tensor | None = None
 
     def trajectory(self, i: int) -> slice:
         return slice(int(self.starts[i]), int(self.starts[i + 1]))
 
     def to_bytes(self) -> bytes:
-        tensors = {"latents": self.latents, "poses": self.poses, "starts": self.starts}
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        tensors = {"latents": self.latents, "poses": self.poses, "starts": self.starts, "commanded": self.commanded}
+        tensors = {k: v.contiguous() for k, v in tensors.items() if v is not None}
         return save(tensors, metadata={"names": json.dumps(self.names)})
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> LatentSet:
         with safe_open(str(path), framework="pt") as f:
             names = json.loads(f.metadata()["names"])
-            tensors = {k: f.get_tensor(k) for k in ("latents", "poses", "starts")}
-        return cls(tensors["latents"], tensors["poses"], tensors["starts"], names)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return cls(tensors["latents"], tensors["poses"], tensors["starts"], names, tensors.get("commanded"))
 
 
 def cache_key(ae_key: str, data_dir: str | os.PathLike, names: list[str]) -> str:
@@ -93,16 +101,26 @@ def encode_split(
     path = Path(cache_dir) / f"latents-{split}-{cache_key(ae_key, data_dir, names)}.safetensors"
     if path.is_file():
         return LatentSet.from_file(path)
-    latents, world, starts = [], [], [0]
+    latents, world, starts, commanded = [], [], [0], []
     for name in tqdm(names, desc=f"encoding {split} frames", disable=not progress, leave=False):
         tr = read_trajectory(Path(data_dir) / name, image_size=ae.config.image_size)
         frames = torch.from_numpy(tr.frames).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
         latents.append(encode_frames(ae, frames, bf16=False).half().cpu())  # (T, c, h, w)
         world.append(torch.from_numpy(poses(tr.position, tr.yaw)))  # (T, 3)
         starts.append(starts[-1] + len(tr))
-    result = LatentSet(torch.cat(latents), torch.cat(world), torch.tensor(starts, dtype=torch.int64), names)
+        commanded.append(None if tr.commanded is None else torch.from_numpy(tr.commanded))
+    if any(c is not None for c in commanded):  # a trajectory without commands moved as commanded
+        commanded = [c if c is not None else taken_steps(w) for c, w in zip(commanded, world, strict=True)]
+    commanded = torch.cat(commanded) if commanded and commanded[0] is not None else None
+    result = LatentSet(torch.cat(latents), torch.cat(world), torch.tensor(starts, dtype=torch.int64), names,
+                       commanded)
     atomic_write_bytes(path, result.to_bytes())
     return result
+
+
+def taken_steps(world: torch.Tensor) -> torch.Tensor:
+    """One-step motions actually taken along world poses (T, 3): (T, 3), the last row zero."""
+    return torch.cat([se2_relative(world[:-1], world[1:]), torch.zeros(1, 3, dtype=world.dtype)])
 
 
 class LatentWindowDataset(Dataset):
@@ -160,7 +178,13 @@ class LatentWindowDataset(Dataset):
         """Batch of windows ``items`` (B,) with shifts (B,): context, target, action, shift."""
         g = self.index[items]  # (B,) newest context frame
         ctx = g[:, None] + torch.arange(1 - self.context, 1)  # (B, C), oldest first
-        rel = se2_relative(self.data.poses[g], self.data.poses[g + shift])  # (B, 3) metres, radians
+        if self.data.commanded is None:
+            rel = se2_relative(self.data.poses[g], self.data.poses[g + shift])  # (B, 3) metres, radians
+        else:  # chain the commanded steps t .. t+s-1
+            rel = torch.zeros(len(g), 3, dtype=self.data.commanded.dtype)
+            for j in range(int(shift.max())):
+                step = self.data.commanded[torch.minimum(g + j, g + shift - 1)]  # (B, 3)
+                rel = torch.where((j < shift)[:, None], se2_compose(rel, step), rel)
         action = torch.cat([rel[:, :2] / self.spacing, rel[:, 2:]], 1)  # (B, 3) spacing units
         return {
             "context": self.data.latents[ctx].float(),  # (B, C, c, h, w)

@@ -8,7 +8,10 @@ the camera's field of view (rays over its 90 degrees, up to ``max_range``), whic
 forward view can show, unlike obstacles behind or beside the robot. The planning penalty
 (:meth:`ClearanceHead.risk`) is the mean over the imagined frames of how far the predicted
 clearance falls below ``margin`` metres; ``collision_weight`` (cost units per metre) adds it to
-the goal distance (:mod:`planners.cost`).
+the goal distance (:mod:`planners.cost`). As a constraint, ``clearance_floor`` (metres) makes a
+candidate whose lowest imagined clearance falls below it cost ``FLOOR_COST`` per metre of the
+shortfall, far above any goal distance, so it loses to every candidate that keeps the floor
+(:meth:`ClearanceHead.breach`).
 
 Labels come from the simulator's worlds: a trajectory named ``<family>_<seed>_<k>`` (what
 ``envs.collect`` writes) was driven in world ``generate_world(family, seed)``, whose occupancy
@@ -49,6 +52,7 @@ from nav_come.core.train_loop import Distributed, add_run_args, fit, head_cli
 from nav_come.latents import LatentSet, encode_split
 
 KIND = "clearance"
+FLOOR_COST = 100.0  # cost units per metre below the clearance floor: dominates every goal distance
 FOV_DEG = 90.0  # envs.worlds.CAMERA_FOVY: square images, the same horizontally
 SIM_NAME = re.compile(r"^([a-z]+)_(\d+)_\d+$")
 
@@ -99,6 +103,15 @@ class ClearanceHead(nn.Module):
         B, K = latents.shape[:2]
         clearance = self(latents.flatten(0, 1).to(dev, torch.float32)).view(B, K)
         return (self.config.margin - clearance).clamp(min=0).mean(1).to(latents.device)
+
+    @torch.no_grad()
+    def breach(self, latents: torch.Tensor, floor: float) -> torch.Tensor:
+        """Imagined latents (B, K, c, h, w) -> (B,) metres by which the lowest predicted clearance
+        of the K frames falls below ``floor`` (0 when every frame keeps it): the constraint's violation."""
+        dev = next(self.parameters()).device
+        B, K = latents.shape[:2]
+        clearance = self(latents.flatten(0, 1).to(dev, torch.float32)).view(B, K)
+        return (floor - clearance.amin(1)).clamp(min=0).to(latents.device)
 
 
 register_kind(KIND, ClearanceConfig, ClearanceHead)

@@ -112,6 +112,7 @@ class PlanConfig:
     the experts; relevance: {expert: weight at full relevance} of a memory method's composition
     over ``DEFAULT_RELEVANCE`` (1: a fixed share); length_weight, collision_weight: the cost's
     penalties (:mod:`planners.cost`; a collision weight above 0 needs ``CKPT/collision``);
+    clearance_floor: the clearance constraint (metres, also needs ``CKPT/collision``);
     progress_weight, progress_reduce: the goal-progress term (:class:`~planners.cost.ProgressTerm`;
     a weight above 0 needs ``CKPT/progress``); route_weight: the memory-route term
     (:mod:`planners.memory_route`);
@@ -134,6 +135,9 @@ class PlanConfig:
     length_weight: float = _flag(0.0, "--length-weight", "CEM cost per spacing unit of path", type=float)
     collision_weight: float = _flag(0.0, "--collision-weight", "CEM cost per metre of collision risk (needs "
                                     "CKPT/collision, planners.collision)", type=float)  # fmt: skip
+    clearance_floor: float = _flag(0.0, "--clearance-floor", "metres of clearance every imagined frame must keep: "
+                                   "a candidate below it costs far more than any other (needs CKPT/collision; 0: "
+                                   "off)", type=float)  # fmt: skip
     progress_weight: float = _flag(0.0, "--progress-weight", "CEM cost per frame of driving to the goal that the "
                                    "progress head estimates on every imagined frame (needs CKPT/progress, "
                                    "planners.progress)", type=float)  # fmt: skip
@@ -163,10 +167,10 @@ class PlanConfig:
         if self.sampler_steps < 1 or self.rollouts < 1:
             raise ValueError(f"sampler steps and rollouts must be >= 1, got {self.sampler_steps} and {self.rollouts}")
         if not (self.length_weight >= 0 and self.collision_weight >= 0 and self.progress_weight >= 0
-                and self.route_weight >= 0):  # refuses NaN
+                and self.route_weight >= 0 and self.clearance_floor >= 0):  # refuses NaN
             raise ValueError(f"penalty weights must be >= 0, got length {self.length_weight}, "
                              f"collision {self.collision_weight}, progress {self.progress_weight}, "
-                             f"route {self.route_weight}")  # fmt: skip
+                             f"route {self.route_weight}, clearance floor {self.clearance_floor}")  # fmt: skip
         if self.progress_reduce not in PROGRESS_REDUCTIONS:
             raise ValueError(f"unknown progress reduction {self.progress_reduce!r}; choose one of "
                              f"{', '.join(PROGRESS_REDUCTIONS)}")  # fmt: skip

@@ -17,7 +17,9 @@ experts over an episode's memory) and a goal into the cost function the CEM plan
 it rolls every candidate out ``rollouts`` times with a sliding context and averages the
 distances, as in NWM's protocol. Two optional penalties are added: ``length_weight`` per
 spacing unit of path, and ``collision_weight`` times the collision risk a
-:class:`~planners.collision.ClearanceHead` reads from every imagined frame. An optional
+:class:`~planners.collision.ClearanceHead` reads from every imagined frame; with
+``clearance_floor`` the same head also acts as a constraint (a rollout that comes closer to
+an obstacle than the floor costs far more than any goal distance). An optional
 :class:`ProgressTerm` adds the frames of driving to the goal that a
 :class:`~planners.progress.ProgressHead` estimates on every imagined frame, reduced over the
 rollout, so the plan has a signal before the goal is in view. It charges its
@@ -162,12 +164,18 @@ def _final_cost(world_model, last: torch.Tensor, target: torch.Tensor, distance:
 
 
 def _collision_penalty(collision, weight: float, latents: torch.Tensor, n: int, rollouts: int,
-                       timer: PlanTimer | None) -> torch.Tensor | float:  # fmt: skip
-    """weight x the collision risk of imagined latents (N*R, K, c, h, w), averaged over rollouts (N,); 0 when off."""
-    if collision is None or weight == 0:
+                       timer: PlanTimer | None, floor: float = 0.0) -> torch.Tensor | float:  # fmt: skip
+    """weight x the collision risk of imagined latents (N*R, K, c, h, w), plus FLOOR_COST per metre that
+    their lowest clearance falls below ``floor``, averaged over rollouts (N,); 0 when both are off."""
+    if collision is None or (weight == 0 and floor == 0):
         return 0.0
+    from planners.collision import FLOOR_COST
+
     with section(timer, "cost"):
-        return weight * collision.risk(latents).view(n, rollouts).mean(1)
+        c = weight * collision.risk(latents) if weight else 0.0
+        if floor:
+            c = c + FLOOR_COST * collision.breach(latents, floor)
+        return c.view(n, rollouts).mean(1)
 
 
 def world_model_cost(
@@ -184,6 +192,7 @@ def world_model_cost(
     denoiser=None,
     progress: ProgressTerm | None = None,
     route=None,
+    clearance_floor: float = 0.0,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The CEM cost of every world-model method: per-step deltas (N, H, 3) in the start frame ->
     (N,) mean goal distance (plus the penalties).
@@ -194,7 +203,9 @@ def world_model_cost(
     frame in [0, 1]; denoiser: what imagines, a :class:`~nav_come.compose.ComposedDenoiser`
     (None: the world model's base expert alone, NWM). Every candidate × rollout runs in ONE
     rollout (batch N*R, :func:`nav_come.compose.rollout`) with the world model's sampler and
-    sampler steps; the world model decodes (and encodes a latent goal).
+    sampler steps; the world model decodes (and encodes a latent goal). clearance_floor: metres of
+    imagined clearance every frame must keep (:meth:`~planners.collision.ClearanceHead.breach`;
+    needs ``collision``; 0: off).
     """
     context = None
     if isinstance(start, torch.Tensor):
@@ -218,7 +229,7 @@ def world_model_cost(
                               context=context)  # fmt: skip
         last = latents[:, -distance.frames :]  # (N*R, F, c, h, w): the final frame(s) are compared
         c = _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
-        c = c + _collision_penalty(collision, collision_weight, latents, len(deltas), rollouts, timer)
+        c = c + _collision_penalty(collision, collision_weight, latents, len(deltas), rollouts, timer, clearance_floor)
         if progress is not None and progress.weight:
             with section(timer, "cost"):
                 c = c + progress(latents, goal_latent, len(deltas), rollouts)

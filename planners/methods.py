@@ -243,9 +243,9 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
                                      config.precision)  # fmt: skip
     cem_config = config.cem_config or cem.CEMConfig.for_dataset(data_config("nav_come_sim"))  # the shipped models'
     distance = load_distance(config.distance, ckpt_dir, device, config.lpips_weights)
-    collision = load_collision(ckpt_dir, device) if config.collision_weight else None
+    collision = load_collision(ckpt_dir, device) if config.collision_weight or config.clearance_floor else None
     penalties = {"length_weight": config.length_weight, "collision": collision,
-                 "collision_weight": config.collision_weight}  # fmt: skip
+                 "collision_weight": config.collision_weight, "clearance_floor": config.clearance_floor}
     if config.progress_weight:
         penalties["progress"] = load_progress(ckpt_dir, config.progress_weight, config.progress_reduce, device)
     if config.route_weight:

@@ -127,6 +127,7 @@ class WorldModelPlanner:
         seeded: cem.SeededConfig | None = None,
         progress: ProgressTerm | None = None,
         route=None,
+        clearance_floor: float = 0.0,
     ):
         """length_weight: cost per spacing unit of path; collision: a
         :class:`~planners.collision.ClearanceHead` whose risk over the imagined frames costs
@@ -136,7 +137,8 @@ class WorldModelPlanner:
         instead of NWM's CEM (``cem_config``); progress: the goal-progress term of the cost
         (:class:`~planners.cost.ProgressTerm`, None: off); route: the route distance to where the
         goal was seen in the observed history (:class:`~planners.memory_route.MemoryRoute`, None:
-        off; a planner with one observes the episode even without memory experts)."""
+        off; a planner with one observes the episode even without memory experts); clearance_floor:
+        metres of imagined clearance a candidate must keep (needs ``collision``; 0: off)."""
         if (proposer is None) != (seeded is None):
             raise ValueError("proposal-seeded CEM needs both a proposer and its SeededConfig")
         if denoiser is None:
@@ -145,6 +147,7 @@ class WorldModelPlanner:
         self.world_model, self.denoiser, self.cfg, self.distance = world_model, denoiser, cem_config, distance
         self.rollouts, self.length_weight, self.spacing, self.name = rollouts, length_weight, spacing, name
         self.collision, self.collision_weight = collision, collision_weight if collision is not None else 0.0
+        self.clearance_floor = clearance_floor if collision is not None else 0.0
         self.proposer, self.seeded, self.progress, self.route = proposer, seeded, progress, route
         self.timer: PlanTimer | None = None
         self.history = None  # EpisodeMemory of the observed frames
@@ -176,6 +179,8 @@ class WorldModelPlanner:
             name += f" + {self.length_weight:g} x path length (spacing units)"
         if self.collision_weight:
             name += f" + {self.collision_weight:g} x collision risk (m)"
+        if self.clearance_floor:
+            name += f", clearance >= {self.clearance_floor:g} m"
         if self.progress is not None and self.progress.weight:
             name += f" + {self.progress.name}"
         if self.route is not None and self.route.weight:
@@ -252,7 +257,7 @@ class WorldModelPlanner:
         route = self.route if self.history is not None else None  # only real poses place the goal
         return world_model_cost(self.world_model, start, goal, self.distance, self.rollouts, generator,
                                 self.length_weight, self.timer, self.collision, self.collision_weight,
-                                self.denoiser, self.progress, route)  # fmt: skip
+                                self.denoiser, self.progress, route, self.clearance_floor)  # fmt: skip
 
     def imagine(self, start: EpisodeMemory, deltas: torch.Tensor, generator: torch.Generator | None = None):
         """Frames (K, 3, H, W) of the rollout of one plan's per-step deltas (K, 3) from ``start``."""

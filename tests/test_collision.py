@@ -8,7 +8,7 @@ from test_world_model import SIZE, tiny_world_model
 from nav_come.core.checkpoint import save_checkpoint_files
 from nav_come.core.data import DataFormatError
 from planners import cem
-from planners.collision import ClearanceConfig, ClearanceHead, load_clearance_head, view_clearance, world_of
+from planners.collision import FLOOR_COST, ClearanceConfig, ClearanceHead, load_clearance_head, view_clearance, world_of
 from planners.cost import GoalDistance, world_model_cost
 from planners.methods import WorldModelPlanner
 
@@ -51,6 +51,15 @@ def test_risk_is_the_mean_shortfall_below_the_margin():
     assert torch.allclose(risk, torch.tensor([0.4 / 3, 0.5 / 3]))
 
 
+def test_breach_is_the_lowest_clearance_below_the_floor():
+    head = _head()
+    clear = torch.tensor([0.1, 0.5, 1.5, 0.3, 0.4, 2.0])  # (B=2) x (K=3) predicted clearances
+    head.forward = lambda z: clear[: len(z)]
+    breach = head.breach(torch.zeros(2, 3, 4, 8, 8), floor=0.35)
+    assert torch.allclose(breach, torch.tensor([0.25, 0.05]))
+    assert not head.breach(torch.zeros(2, 3, 4, 8, 8), floor=0.1).any()
+
+
 def test_clearance_head_round_trips_and_stays_in_range(tmp_path):
     head = _head().eval()
     z = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -62,10 +71,14 @@ def test_clearance_head_round_trips_and_stays_in_range(tmp_path):
 
 
 class _Risk:
-    """A stand-in head: the risk of a rollout is its number (row index), so the averaging shows."""
+    """A stand-in head: the risk of a rollout is its number (row index), so the averaging shows;
+    rollouts 0 and 1 (the first candidate's) breach any floor by 0.1 m."""
 
     def risk(self, latents):
         return torch.arange(len(latents), dtype=torch.float32)
+
+    def breach(self, latents, floor):
+        return (torch.arange(len(latents)) < 2).float() * 0.1
 
 
 def test_collision_penalty_adds_weight_times_mean_risk_over_rollouts():
@@ -84,6 +97,8 @@ def test_collision_penalty_adds_weight_times_mean_risk_over_rollouts():
     assert torch.equal(plain, off)
     # rollouts (0, 1), (2, 3), (4, 5) of the three candidates: mean risk 0.5, 2.5, 4.5
     assert torch.allclose(on - plain, 2.0 * torch.tensor([0.5, 2.5, 4.5]))
+    floor = cost(collision=_Risk(), clearance_floor=0.3)  # the constraint alone
+    assert torch.allclose(floor - plain, torch.tensor([FLOOR_COST * 0.1, 0.0, 0.0]))
 
 
 def test_planner_names_the_penalties_in_its_cost():
@@ -91,4 +106,6 @@ def test_planner_names_the_penalties_in_its_cost():
     p = WorldModelPlanner(wm, cem.CEMConfig(n_candidates=8), GoalDistance("latent_mse"), rollouts=1,
                           length_weight=0.1, collision=_head(), collision_weight=3.0)  # fmt: skip
     assert p.cost_name == "MSE of autoencoder latents + 0.1 x path length (spacing units) + 3 x collision risk (m)"
+    floor = WorldModelPlanner(wm, cem.CEMConfig(), GoalDistance("latent_mse"), collision=_head(), clearance_floor=0.3)
+    assert floor.cost_name == "MSE of autoencoder latents, clearance >= 0.3 m"
     assert WorldModelPlanner(wm, cem.CEMConfig(), GoalDistance("latent_mse")).cost_name == "MSE of autoencoder latents"

@@ -1,4 +1,5 @@
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from nav_come.core.data import (
     read_trajectory,
     revisit_mask,
     write_split,
+    write_trajectory,
 )
 from nav_come.core.geometry import se2_compose
 
@@ -112,6 +114,22 @@ def test_names_and_errors(tmp_path, data_dir):
         TrajectoryDataset(data_dir, context_size=20, pred_len=12, image_size=16)
     with pytest.raises(ValueError, match="spacing="):
         TrajectoryDataset(tmp_path, names=[])
+
+
+def test_optional_command_keys_are_checked(tmp_path):
+    make_fake_trajectory(tmp_path / "a", T=6, H=16)
+    tr = read_trajectory(tmp_path / "a")
+    assert tr.commanded is None and tr.contact is None  # plain RECON data
+    commanded, contact = np.ones((6, 3)), np.array([0, 1, 1, 0, 0, 0], bool)
+    write_trajectory(tmp_path / "a", tr.frames, tr.position, tr.yaw, commanded=commanded, contact=contact)
+    back = read_trajectory(tmp_path / "a", load_images=False)
+    assert np.array_equal(back.commanded, commanded) and np.array_equal(back.contact, contact)
+    (tmp_path / "a" / "traj_data.pkl").write_bytes(pickle.dumps({"position": tr.position, "yaw": tr.yaw,
+                                                                 "commanded": np.ones((5, 3))}))
+    with pytest.raises(DataFormatError, match="'commanded' must be finite with shape"):
+        read_trajectory(tmp_path / "a", load_images=False)
+    with pytest.raises(ValueError, match="contact must have shape"):
+        write_trajectory(tmp_path / "b", tr.frames, tr.position, tr.yaw, contact=np.ones(5, bool))
 
 
 def _revisits_brute_force(position, yaw, min_gap: int = 16, max_dist: float = 0.5, max_yaw: float = math.radians(30)):

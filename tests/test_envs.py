@@ -10,11 +10,13 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs import collect
+from envs.driver import Driver
 from envs.occupancy import OccupancyMap
 from envs.sim import Simulator
 from envs.worlds import FAMILIES, generate_world
 from nav_come.core.data.actions import one_step_actions
 from nav_come.core.data.recon import read_split, read_trajectory
+from nav_come.core.geometry import step_actions
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -127,3 +129,32 @@ def test_collection_resumes_without_rewriting_finished_trajectories(tiny_data):
     assert (keep / "traj_data.pkl").stat().st_mtime_ns == mtime
     assert np.array_equal(read_trajectory(redo, load_images=False).position, before)
     assert not (tiny_data / ".stale.tmp-1").exists()
+
+
+def test_wall_pushes_record_commands_that_the_wall_stopped():
+    sim = Simulator(("maze", 3), 16)
+    try:
+        plain = Driver(sim, OccupancyMap(sim.world), np.random.default_rng(4))
+        _, poses, _ = plain.run(120)
+        taken = step_actions(poses)
+        free = ~plain.contact[1:]
+        assert np.allclose(plain.commanded[:-1][free], taken[free], atol=1e-9)  # free steps go as commanded
+        assert not plain.commanded[-1].any()
+        pushing = Driver(sim, OccupancyMap(sim.world), np.random.default_rng(4), wall_push=0.05)
+        _, poses, _ = pushing.run(240)
+    finally:
+        sim.close()
+    taken, blocked = step_actions(poses), pushing.contact[1:]
+    assert blocked.mean() > 0.05 and blocked.mean() > plain.contact.mean()
+    short = np.linalg.norm(pushing.commanded[:-1, :2], axis=1) - np.linalg.norm(taken[:, :2], axis=1)
+    assert (short[blocked] > -1e-9).all() and short[blocked].mean() > 0.05  # the wall ate part of each command
+    assert np.allclose(pushing.commanded[:-1][~blocked], taken[~blocked], atol=1e-9)
+    with pytest.raises(ValueError, match="wall_push"):
+        Driver(sim, OccupancyMap(sim.world), np.random.default_rng(4), wall_push=1.5)
+
+
+def test_collected_contact_reads_back(tiny_data):
+    meta = json.loads((tiny_data / "dataset.json").read_text())
+    assert meta["wall_push"] == 0.0 and set(meta["contact_share"]) == {"train", "val", "test"}
+    tr = read_trajectory(tiny_data / read_split(tiny_data / "splits" / "train" / "traj_names.txt")[0])
+    assert tr.commanded.shape == (40, 3) and tr.contact.shape == (40,) and tr.contact.dtype == bool

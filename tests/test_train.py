@@ -1,6 +1,8 @@
+import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_fake_dataset, make_fake_trajectory
@@ -8,9 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from nav_come.autoencoder import AEConfig, Autoencoder
 from nav_come.core.checkpoint import CONFIG, WEIGHTS
-from nav_come.core.data import read_trajectory, relative_poses, revisit_mask, write_split
+from nav_come.core.data import read_trajectory, relative_poses, revisit_mask, write_split, write_trajectory
 from nav_come.core.train_loop import LoopConfig, fit, setup_distributed
-from nav_come.latents import LatentWindowDataset, encode_split
+from nav_come.latents import LatentSet, LatentWindowDataset, encode_split, taken_steps
 from nav_come.train import main
 from nav_come.world_model import WorldModel
 
@@ -207,3 +209,35 @@ def test_cuda_placement_one_rank_per_gpu_or_shared():
     assert [cuda_placement(r, 2, 2) for r in range(2)] == [(0, "nccl"), (1, "nccl")]
     assert [cuda_placement(r, 4, 1)[0] for r in range(4)] == [0, 0, 0, 0]
     assert cuda_placement(3, 4, 2) == (1, "gloo")
+
+
+def test_windows_take_the_commanded_motion_where_it_is_recorded(latents):
+    _, _, data = latents
+    taken = torch.cat([taken_steps(data.poses[data.trajectory(i)]) for i in range(len(data.names))])
+    as_taken = LatentWindowDataset(dataclasses.replace(data, commanded=taken), context=4, max_shift=3, spacing=0.25)
+    plain = LatentWindowDataset(data, context=4, max_shift=3, spacing=0.25)
+    items, shift = plain.sample_items(64, torch.Generator().manual_seed(0))
+    assert torch.allclose(as_taken.gather(items, shift)["action"], plain.gather(items, shift)["action"], atol=1e-5)
+    # a robot pressed against a wall: it does not move, but every step commands 0.2 m forward
+    frozen = torch.zeros_like(data.poses)
+    pushed = torch.zeros_like(taken)
+    pushed[:, 0] = 0.2
+    wall = LatentWindowDataset(dataclasses.replace(data, poses=frozen, commanded=pushed), 4, 3, 0.25)
+    action = wall.gather(items, shift)["action"]
+    assert torch.allclose(action[:, 0], 0.8 * shift.float()) and not action[:, 1:].any()
+
+
+def test_latent_cache_keeps_the_commands(tmp_path):
+    make_fake_trajectory(tmp_path / "a", T=12, H=32)
+    tr = read_trajectory(tmp_path / "a")
+    commanded = np.random.default_rng(0).normal(size=(12, 3))
+    contact = np.arange(12) % 2 == 0
+    write_trajectory(tmp_path / "a", tr.frames, tr.position, tr.yaw, commanded=commanded, contact=contact)
+    make_fake_trajectory(tmp_path / "b", T=12, H=32)  # recorded without commands: it moved as commanded
+    write_split(tmp_path / "splits" / "train" / "traj_names.txt", ["a", "b"])
+    ae = Autoencoder(AEConfig(image_size=32, widths=(8, 8, 8)))
+    data = encode_split(ae, "key", tmp_path, "train", tmp_path / "cache", progress=False)
+    again = LatentSet.from_file(next((tmp_path / "cache").iterdir()))
+    assert torch.equal(again.commanded, data.commanded) and again.commanded.shape == (24, 3)
+    assert np.allclose(again.commanded[:12].numpy(), commanded)
+    assert torch.allclose(again.commanded[12:], taken_steps(data.poses[12:]))

@@ -5,6 +5,12 @@ frames at 4 Hz) and ``traj_data.pkl``, a dict ``{"position": (T, 2) metres in a 
 frame, "yaw": (T,) radians}``, x forward, y left, yaw counter-clockwise. A split is a
 ``traj_names.txt`` file with one trajectory folder name per line.
 
+This project's simulator adds two optional keys that other loaders ignore:
+``"commanded"`` (T, 3), the command given at each frame as the one-step motion it makes
+with nothing in the way (dx, dy metres in the robot frame, dyaw radians; the last row is
+zero), and ``"contact"`` (T,) bool, whether the step into that frame stopped at an
+obstacle. Without them, the commanded motion is taken to be the motion that happened.
+
 Readers check everything a loader of the field would trip over later and raise
 :class:`DataFormatError` naming the file, the problem and the fix. ``traj_data.pkl`` is
 unpickled with an allow-list of NumPy globals, so a pickle that would run code is refused
@@ -41,13 +47,16 @@ class DataFormatError(ValueError):
 @dataclass
 class Trajectory:
     """One trajectory. position: (T, 2) float64 metres; yaw: (T,) float64 radians;
-    frames: (T, H, W, 3) uint8 RGB, or None when not loaded; path: its folder."""
+    frames: (T, H, W, 3) uint8 RGB, or None when not loaded; path: its folder;
+    commanded: (T, 3) float64 and contact: (T,) bool when recorded (module docstring), else None."""
 
     name: str
     position: np.ndarray
     yaw: np.ndarray
     frames: np.ndarray | None
     path: Path
+    commanded: np.ndarray | None = None
+    contact: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.yaw)
@@ -85,10 +94,13 @@ def write_trajectory(
     position: np.ndarray,
     yaw: np.ndarray,
     quality: int = 95,
+    commanded: np.ndarray | None = None,
+    contact: np.ndarray | None = None,
 ) -> Path:
     """Write one trajectory folder atomically; an existing folder is replaced.
 
-    frames: (T, H, W, 3) uint8 RGB; position: (T, 2) metres; yaw: (T,) radians.
+    frames: (T, H, W, 3) uint8 RGB; position: (T, 2) metres; yaw: (T,) radians;
+    commanded (T, 3) and contact (T,): the optional keys of the module docstring.
     Everything is written to ``.<name>.tmp-<pid>`` next to ``folder`` and renamed into
     place at the end, so an interrupted write never leaves a folder that reads as valid.
     """
@@ -104,10 +116,19 @@ def write_trajectory(
         raise ValueError("position and yaw must be finite (no NaN or inf)")
     if not 0 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in [0, 100], got {quality}")
+    data = {"position": position, "yaw": yaw}
+    if commanded is not None:
+        data["commanded"] = np.asarray(commanded, np.float64)
+        if data["commanded"].shape != (T, 3) or not np.isfinite(data["commanded"]).all():
+            raise ValueError(f"commanded must be finite with shape (T, 3) = ({T}, 3), got {data['commanded'].shape}")
+    if contact is not None:
+        data["contact"] = np.asarray(contact, bool)
+        if data["contact"].shape != (T,):
+            raise ValueError(f"contact must have shape (T,) = ({T},), got {data['contact'].shape}")
     with atomic_directory(folder) as tmp:
         for k in range(T):
             _write_jpg(tmp / f"{k}.jpg", frames[k], quality)
-        (tmp / TRAJ_DATA).write_bytes(_pickle_bytes({"position": position, "yaw": yaw}))
+        (tmp / TRAJ_DATA).write_bytes(_pickle_bytes(data))
     return Path(folder)
 
 
@@ -245,8 +266,22 @@ def read_trajectory(folder: str | os.PathLike, load_images: bool = True, image_s
     position, yaw = _as_float_array(pkl, data, "position"), _as_float_array(pkl, data, "yaw")
     _check_poses(pkl, position, yaw)
     _check_frame_files(folder, len(yaw))
+    commanded, contact = _optional_keys(pkl, data, len(yaw))
     frames = load_frames(folder, range(len(yaw)), image_size) if load_images else None
-    return Trajectory(folder.name, position, yaw, frames, folder)
+    return Trajectory(folder.name, position, yaw, frames, folder, commanded, contact)
+
+
+def _optional_keys(pkl: Path, data: dict, T: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The simulator's optional ``commanded`` (T, 3) and ``contact`` (T,), checked; None where absent."""
+    commanded = _as_float_array(pkl, data, "commanded") if "commanded" in data else None
+    if commanded is not None and (commanded.shape != (T, 3) or not np.isfinite(commanded).all()):
+        raise DataFormatError(f"{pkl}: 'commanded' must be finite with shape (T, 3) = ({T}, 3), got "
+                              f"{commanded.shape}; fix or drop the key")  # fmt: skip
+    contact = np.asarray(data["contact"]) if "contact" in data else None
+    if contact is not None and (contact.shape != (T,) or not np.isin(contact, (0, 1)).all()):
+        raise DataFormatError(f"{pkl}: 'contact' must be booleans with shape (T,) = ({T},), got "
+                              f"{contact.shape}; fix or drop the key")  # fmt: skip
+    return commanded, None if contact is None else contact.astype(bool)
 
 
 def square_resize(img: np.ndarray, size: int) -> np.ndarray:
