@@ -13,7 +13,8 @@ it draws windows of two kinds, each with 4 context frames up to t and ``HORIZON`
 
 Each window is rolled out with the commanded one-step motions, as a planner imagines. For
 each checkpoint and kind it reports PSNR (dB, capped at 100) against the true frames at
-horizons 1 and H, beside ``copy_last`` (the newest context frame); on push windows the truth
+horizons 1 and H, beside ``copy_last`` (the newest context frame) and ``ae_recon`` (the first
+checkpoint's autoencoder reconstruction of the truth, the ceiling); on push windows the truth
 is close to that frame, so a model that knows walls predicts it and one that does not
 imagines driving on. ``--json`` writes::
 
@@ -107,12 +108,16 @@ def evaluate(models: dict[str, WorldModel], trajs: list, windows: dict, spacing:
         found = windows[kind]
         if not found:
             continue
-        scores: dict[str, dict[int, list]] = {name: {1: [], HORIZON: []} for name in ["copy_last", *models]}
+        first = next(iter(models.values()))
+        scores: dict[str, dict[int, list]] = {name: {1: [], HORIZON: []}
+                                              for name in ["copy_last", "ae_recon", *models]}  # fmt: skip
         for b in tqdm(range(0, len(found), batch_size), desc=f"contact {kind}", unit="batch", leave=False):
             batch = window_batch(trajs, found[b : b + batch_size], spacing, size)
             last = batch["context"][:, -1:].expand_as(batch["future"])
             for h, v in score(last, batch["future"]).items():
                 scores["copy_last"][h].append(v)
+            for h, v in score(first.decode(first.encode(batch["future"])).cpu(), batch["future"]).items():
+                scores["ae_recon"][h].append(v)
             for name, model in models.items():
                 g = torch.Generator().manual_seed(seed * 1000 + b)
                 frames = model.rollout(batch["context"], batch["step_actions"], g)["frames"].cpu()

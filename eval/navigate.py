@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             except (MethodUnavailable, CheckpointError) as err:
                 print(f"skipped {m}: {err}")
                 continue
+            except ValueError as err:  # settings the method cannot take
+                print(f"error: {err}", file=sys.stderr)
+                return 2
             mpc = MPC(planner, TrackingController(solver=args.qp), spacing=env.robot.spacing,
                       replan_every=args.replan_every)
         eps = []

@@ -167,11 +167,13 @@ def _navigate_label(method: str, report: dict) -> str:
 
 PROGRESS_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_progress.json"]
 PROGRESS_PAIRS = [("NWM + progress 0.1 (mean)@8", "NWM@8")]
-ROUTE_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_route_0.1.json", "navigate_val/nwm20_route_0.3.json"]
-ROUTE_PAIRS = [("NWM + route 0.1@8", "NWM@8"), ("NWM + route 0.3@8", "NWM@8")]
-ROUTE_TEST = NAVIGATE_TEST + ["navigate/test40_route.json"]
+ROUTE_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_route_0.1.json", "navigate_val/nwm20_route_0.3.json",
+             "navigate_val/policies20_k1.json", "navigate_val/nomad20_route_0.3_k1.json"]
+ROUTE_PAIRS = [("NWM + route 0.1@8", "NWM@8"), ("NWM + route 0.3@8", "NWM@8"), ("NoMaD + route 0.3@1", "NoMaD@1"),
+               ("NWM + route 0.3@8", "NoMaD + route 0.3@1")]
+ROUTE_TEST = NAVIGATE_TEST + ["navigate/test40_route.json", "navigate/test40_nomad_route_k1.json"]
 ROUTE_TEST_PAIRS = [("NWM + route 0.3@8", "NWM@8"), ("NWM + route 0.3@8", "GNM@1"), ("NWM + route 0.3@8", "NoMaD@1"),
-                    ("NWM + route 0.3@8", "GNM@4")]
+                    ("NoMaD + route 0.3@1", "NoMaD@1"), ("NWM + route 0.3@8", "NoMaD + route 0.3@1")]
 
 
 def navigate_table(results: Path, names: list[str]) -> str:
@@ -244,6 +246,19 @@ def costs_table(results: Path, name: str, keys=PROGRESS_COSTS) -> str:
         r, true = rows[key], rows.get(f"{key}@sim")
         sim = f"{true['ate']:.3f} | {true['spearman']:.3f}" if true else "- | -"
         lines.append(f"| {r['distance']} | {r['ate']:.3f} | {r['spearman']:.3f} | {sim} |")
+    return "\n".join(lines)
+
+
+def contact_table(results: Path, name: str) -> str:
+    """An ``eval/contact.py`` JSON: PSNR (± se) per window kind and horizon, one column per predictor."""
+    report = _load(results, name)
+    rows = report["rows"]
+    ckpts = list(dict.fromkeys(r["ckpt"] for r in rows))
+    lines = ["| windows | ahead | " + " | ".join(ckpts) + " |", "|---|---|" + "---|" * len(ckpts)]
+    for kind, horizon in dict.fromkeys((r["kind"], r["horizon"]) for r in rows):
+        by = {r["ckpt"]: r for r in rows if (r["kind"], r["horizon"]) == (kind, horizon)}
+        cells = [f"{by[c]['psnr']:.2f} ± {by[c]['psnr_se']:.2f}" for c in ckpts]
+        lines.append(f"| {kind} ({report['windows'][kind]}) | {horizon} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -327,6 +342,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "navigate-val-route-paired": lambda results: paired_success(results, ROUTE_VAL, ROUTE_PAIRS),
     "navigate-test-route": lambda results: navigate_table(results, ROUTE_TEST),
     "navigate-test-route-paired": lambda results: paired_success(results, ROUTE_TEST, ROUTE_TEST_PAIRS),
+    "contact-val": lambda results: contact_table(results, "contact/val.json"),
     "costs-progress-val": lambda results: costs_table(results, "costs_val/progress40.json"),
     "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
     "outdoor-navigate": lambda results: navigate_table(results, OUTDOOR_NAVIGATE),

@@ -14,6 +14,11 @@ none that close, by the nearest stored frame), never a straight line through wal
 It needs the episode's frames with their world poses (odometry), as the spatial memory expert
 does. Without a history, or when no stored latent is within ``max_match`` (latent MSE) of the
 goal's, the term is off for that plan.
+
+:class:`RoutePolicyPlanner` gives a sampling policy the same map, without a world model: NoMaD
+proposes trajectories for the goal and the route value of their ends picks one (NoMaD's first
+sample when the goal is not in memory). It is the ablation that tells the map's share of a
+world-model planner's gain with the route from the imagination's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.sparse.csgraph import dijkstra
+
+from nav_come.core.geometry import se2_compose
 
 # Latent MSE below which a stored frame counts as the goal seen, chosen on validation worlds: on 20
 # revisit episodes the goal's nearest stored latent (the drive that passed it) lay at 0.03-0.72
@@ -76,3 +83,80 @@ class MemoryRoute:
             return np.where(np.isfinite(near), near, nearest)
 
         return value
+
+
+class RoutePolicyPlanner:
+    """A sampling policy (NoMaD) ranked by the memory route: ``n`` samples for the goal, the one
+    whose end has the smallest route value (:meth:`MemoryRoute.plan_value`) is the plan.
+
+    ae: the autoencoder whose latents locate the goal in memory (the world model's, so that the
+    match is the one NWM's route term makes); spacing: metres per spacing unit of the waypoints.
+    Implements :class:`planners.planner.Planner`; it observes the episode's frames and poses."""
+
+    precision, uses_memory = "fp32", True
+
+    def __init__(self, policy, ae, route: MemoryRoute, spacing: float, n: int = 16, name: str = "NoMaD"):
+        if n < 1 or not spacing > 0:
+            raise ValueError(f"need n >= 1 samples and spacing > 0, got {n} and {spacing}")
+        self.policy, self.ae, self.route, self.spacing, self.n, self.name = policy, ae, route, spacing, n, name
+        self.latents: torch.Tensor | None = None
+        self.poses: np.ndarray | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.policy.config.image_size
+
+    @property
+    def context_frames(self) -> int:
+        return self.policy.config.context_size
+
+    @property
+    def cost_name(self) -> str:
+        return f"{self.route.name}, over {self.n} {self.name} samples"
+
+    def reset(self) -> None:
+        self.latents, self.poses = None, None
+
+    def _encode(self, frames) -> torch.Tensor:
+        """(T, H, W, 3) uint8 or (T, 3, H, W) in [0, 1] frames -> (T, c, h, w) latents."""
+        from nav_come.world_model import encode_frames
+
+        x = frames if isinstance(frames, torch.Tensor) else torch.as_tensor(np.stack([np.asarray(f) for f in frames]))
+        if x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.movedim(-1, 1)
+        return encode_frames(self.ae, x, bf16=False).cpu()
+
+    def observe(self, frames, poses=None, append: bool = False) -> None:
+        """The episode so far: frames with world poses (T, 3); frames without poses are not kept."""
+        if not append or self.latents is None:
+            self.reset()
+        if len(frames) == 0 or poses is None:
+            return
+        poses = np.asarray(poses, np.float64).reshape(-1, 3)
+        if len(poses) != len(frames):
+            raise ValueError(f"observe got {len(frames)} frames but {len(poses)} poses")
+        z = self._encode(frames)
+        if self.latents is None:
+            self.latents, self.poses = z, poses
+        else:
+            self.latents, self.poses = torch.cat([self.latents, z]), np.vstack([self.poses, poses])
+
+    @torch.no_grad()
+    def __call__(self, context: torch.Tensor, goal: torch.Tensor, generator: torch.Generator | None = None,
+                 warm_start=None, imagine: bool = False):  # fmt: skip
+        """context (1, C, 3, H, W), goal (3, H, W) in [0, 1] -> the chosen sample's PlanResult."""
+        from planners.planner import PlanResult
+
+        n = self.n
+        wp = self.policy.predict(context.expand(n, *context.shape[1:]), goal[None].expand(n, *goal.shape),
+                                 generator=generator)["waypoints"].float().cpu()  # (n, K, 3)  # fmt: skip
+        value = None
+        if self.latents is not None:
+            value = self.route.plan_value(self.latents, self.poses, self._encode(goal[None])[0])
+        if value is None:
+            return PlanResult(wp[0], note="goal not in memory: the policy's first sample")
+        ends = wp[:, -1].double().numpy() * [self.spacing, self.spacing, 1.0]  # (n, 3) metres, radians
+        world = se2_compose(np.broadcast_to(self.poses[-1], ends.shape), ends)
+        costs = self.route.weight * value(world[:, :2])
+        best = int(np.argmin(costs))
+        return PlanResult(wp[best], float(costs[best]), self.cost_name)

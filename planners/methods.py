@@ -211,6 +211,20 @@ def seeded_search(layout: CheckpointLayout, config: PlanConfig, cem_config: cem.
     return {"proposer": proposer, "seeded": seeded}
 
 
+def route_policy(m: Method, policy, layout: CheckpointLayout, config: PlanConfig, device):
+    """NoMaD's samples ranked by the memory route (``--route-weight`` on a policy): the map without
+    the world model (:class:`planners.memory_route.RoutePolicyPlanner`)."""
+    from nav_come.core.checkpoint import load_checkpoint
+    from planners.memory_route import MemoryRoute, RoutePolicyPlanner
+
+    if m.key != "nomad":
+        raise ValueError(f"--route-weight ranks a sampling policy's trajectories; {m.label} predicts one: use it "
+                         "with NoMaD or a world-model method")  # fmt: skip
+    ae = load_checkpoint(layout.need("ae", "the autoencoder (it locates the goal in memory)"), "ae", device)[0]
+    spacing = config.spacing or METRIC_WAYPOINT_SPACING["nav_come_sim"]
+    return RoutePolicyPlanner(policy, ae.eval(), MemoryRoute(config.route_weight), spacing, RANKED_SAMPLES, m.label)
+
+
 def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: PlanConfig | None = None,
                 **settings) -> Planner:  # fmt: skip
     """The planner of method ``name`` (a key or a table label, :data:`REGISTRY`) from the
@@ -225,7 +239,10 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
     if m.kind == "policy":
         from planners.policy_common import load_policy
 
-        return PolicyPlanner(load_policy(layout.need(m.key), device=device))
+        policy = load_policy(layout.need(m.key), device=device)
+        if not config.route_weight:
+            return PolicyPlanner(policy)
+        return route_policy(m, policy, layout, config, device)
     from nav_come.world_model import WorldModel
 
     layout.need(BASE_DIR)

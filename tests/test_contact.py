@@ -42,7 +42,7 @@ def test_json_contract_and_copy_last_is_exact_on_a_frozen_view(setup, capsys):
     assert set(report) == {"rows", "data", "split", "seed", "precision", "windows"}
     assert report["windows"] == {"push": 4, "free": 4}
     assert {(r["ckpt"], r["kind"], r["horizon"]) for r in report["rows"]} == {
-        (c, k, h) for c in ("copy_last", str(setup / "wm")) for k in ("push", "free") for h in (1, HORIZON)}
+        (c, k, h) for c in ("copy_last", "ae_recon", str(setup / "wm")) for k in ("push", "free") for h in (1, HORIZON)}
     assert all(set(r) == {"ckpt", "kind", "horizon", "psnr", "psnr_se", "n"} for r in report["rows"])
     assert "PSNR" in capsys.readouterr().out
     again = setup / "d.json"

@@ -10,7 +10,7 @@ from test_world_model import SIZE, tiny_world_model
 from nav_come.memory_bank import EpisodeMemory
 from planners import cem
 from planners.cost import GoalDistance, world_model_cost
-from planners.memory_route import MemoryRoute, route_distances
+from planners.memory_route import MemoryRoute, RoutePolicyPlanner, route_distances
 from planners.methods import WorldModelPlanner
 
 
@@ -81,3 +81,35 @@ def test_a_planner_with_a_route_observes_the_episode_and_names_the_term():
     assert not off.uses_memory
     p.observe(torch.rand(5, 3, SIZE, SIZE), np.zeros((5, 3)))
     assert p.history is not None and len(p.history) == 5 and math.isfinite(float(p.history.latents.sum()))
+
+
+class _Samples:
+    """A stand-in sampling policy: sample i ends i metres along +x (4 waypoints, spacing units of 0.25 m)."""
+
+    class config:
+        image_size, context_size = SIZE, 4
+
+    def predict(self, context, goal, generator=None):
+        n = len(context)
+        x = torch.arange(n, dtype=torch.float32)[:, None] * torch.linspace(0.25, 1.0, 4)[None] * 4  # (n, 4)
+        return {"waypoints": torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], -1)}
+
+
+def test_route_policy_picks_the_sample_that_ends_nearest_the_goal_along_the_route():
+    wm = tiny_world_model()
+    T = 12
+    frames = torch.rand(T, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    poses = np.stack([np.arange(T) * 0.5, np.zeros(T), np.zeros(T)], 1)  # a straight drive along x, 5.5 m
+    planner = RoutePolicyPlanner(_Samples(), wm.ae, MemoryRoute(1.0, max_match=1e-6), spacing=0.25, n=4)
+    ctx = frames[None, -4:]
+    assert planner(ctx, frames[3]).note.startswith("goal not in memory")  # nothing observed yet
+    planner.observe(frames[:6], poses[:6])
+    planner.observe(frames[6:], poses[6:], append=True)
+    assert planner.uses_memory and len(planner.latents) == T
+    # the goal is the frame at x = 1.5 m; the robot at x = 5.5 m faces +x, so sample 0 (staying) ends nearest
+    assert planner(ctx, frames[3]).waypoints[-1, 0] == 0
+    planner.poses[:, 2] = math.pi  # now it faces back towards the goal: the longest sample, 3 m, ends 1 m short
+    plan = planner(ctx, frames[3])
+    assert plan.waypoints[-1, 0] == 12 and plan.cost == pytest.approx(1.0)
+    planner.reset()
+    assert planner.latents is None

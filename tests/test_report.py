@@ -81,3 +81,12 @@ def test_a_costs_table_puts_imagined_and_true_views_side_by_side(tmp_path):
     lines = report.costs_table(tmp_path, "c.json", ("a", "b")).splitlines()
     assert lines[2] == "| cost a | 1.500 | 0.250 | 1.250 | 0.500 |"
     assert lines[3] == "| cost b | 2.000 | 0.125 | - | - |"
+
+
+def test_a_contact_table_has_a_column_per_predictor(tmp_path):
+    rows = [{"ckpt": c, "kind": k, "horizon": h, "psnr": p + h, "psnr_se": 0.25, "n": 3}
+            for k in ("push", "free") for h in (1, 4) for c, p in (("copy_last", 30.0), ("wm", 20.0))]  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps({"rows": rows, "windows": {"push": 3, "free": 5}}))
+    lines = report.contact_table(tmp_path, "c.json").splitlines()
+    assert lines[0] == "| windows | ahead | copy_last | wm |"
+    assert lines[2] == "| push (3) | 1 | 31.00 ± 0.25 | 21.00 ± 0.25 |" and lines[5].startswith("| free (5) | 4 |")
