@@ -123,6 +123,12 @@ def taken_steps(world: torch.Tensor) -> torch.Tensor:
     return torch.cat([se2_relative(world[:-1], world[1:]), torch.zeros(1, 3, dtype=world.dtype)])
 
 
+def blocked_steps(data: LatentSet, tol: float = 1e-6) -> torch.Tensor:
+    """(N,) bool: the step from each frame fell short of its command (needs ``data.commanded``)."""
+    taken = torch.cat([taken_steps(data.poses[data.trajectory(i)]) for i in range(len(data.names))])
+    return (data.commanded - taken).abs().amax(1) > tol
+
+
 class LatentWindowDataset(Dataset):
     """Denoiser training items from a :class:`LatentSet`.
 
@@ -134,6 +140,9 @@ class LatentWindowDataset(Dataset):
     revisit_weight: sampling weight of windows whose one-step target t+1 is a revisit
     (within 0.5 m and 30° of a frame more than 16 frames older,
     :func:`nav_come.core.data.revisit_mask`); 1 samples uniformly.
+    contact_weight: sampling weight of windows in which a step within ``max_shift`` of t was
+    stopped short of its command (the robot pushed into something; needs recorded commands),
+    multiplying the revisit weight; 1 leaves them as they come.
     seed: ``__getitem__(i)`` draws its shift from ``numpy.random.default_rng((seed, i))``.
     """
 
@@ -145,11 +154,12 @@ class LatentWindowDataset(Dataset):
         spacing: float,
         revisit_weight: float = 1.0,
         seed: int = 0,
+        contact_weight: float = 1.0,
     ):
-        if context < 1 or max_shift < 1 or not spacing > 0 or not revisit_weight >= 0:
+        if context < 1 or max_shift < 1 or not spacing > 0 or not revisit_weight >= 0 or not contact_weight > 0:
             raise ValueError(
-                f"need context, max_shift >= 1, spacing > 0, revisit_weight >= 0; got "
-                f"{context}, {max_shift}, {spacing}, {revisit_weight}"
+                f"need context, max_shift >= 1, spacing > 0, revisit_weight >= 0, contact_weight > 0; got "
+                f"{context}, {max_shift}, {spacing}, {revisit_weight}, {contact_weight}"
             )
         self.data, self.context, self.spacing, self.seed = data, context, float(spacing), seed
         index, ahead, revisit = [], [], []
@@ -170,6 +180,14 @@ class LatentWindowDataset(Dataset):
         if revisit:
             mask = torch.from_numpy(np.concatenate(revisit))
             self.weights = torch.where(mask, float(revisit_weight), 1.0).double()  # (N,)
+        if contact_weight != 1.0 and data.commanded is not None:
+            blocked = blocked_steps(data)  # (N_frames,)
+            near = torch.zeros(len(self.index), dtype=torch.bool)
+            for j in range(max_shift):  # any step t+j within the window's reach
+                k = torch.minimum(self.index + j, self.index + self.ahead - 1)
+                near |= blocked[k]
+            w = torch.where(near, float(contact_weight), 1.0).double()
+            self.weights = w if self.weights is None else self.weights * w
 
     def __len__(self) -> int:
         return len(self.index)

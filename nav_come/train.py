@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shift", type=int, default=4, help="largest time shift (frames) to the target")
     p.add_argument("--context", type=int, default=4, help="context frames")
     p.add_argument("--revisit-weight", type=float, default=1.0, help="sampling weight of revisit targets")
+    p.add_argument("--contact-weight", type=float, default=1.0,
+                   help="sampling weight of windows where a step fell short of its command (data with commands)")
     p.add_argument("--min-snr", type=float, help="Min-SNR-gamma loss weighting (off by default)")
     p.add_argument("--ae-steps", type=int, default=2000, help="autoencoder optimiser steps in total")
     p.add_argument("--ae-max-minutes", type=float, help="autoencoder wall-clock budget of this run")
@@ -218,6 +220,7 @@ def prepare_dit(args: argparse.Namespace, dist: Distributed) -> functools.partia
         spacing,
         args.revisit_weight,
         args.seed,
+        args.contact_weight,
     )
     test = None  # validation windows are drawn uniformly, as the test split comes
     if _split_names(args, "test", False) is not None:

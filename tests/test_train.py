@@ -12,7 +12,7 @@ from nav_come.autoencoder import AEConfig, Autoencoder
 from nav_come.core.checkpoint import CONFIG, WEIGHTS
 from nav_come.core.data import read_trajectory, relative_poses, revisit_mask, write_split, write_trajectory
 from nav_come.core.train_loop import LoopConfig, fit, setup_distributed
-from nav_come.latents import LatentSet, LatentWindowDataset, encode_split, taken_steps
+from nav_come.latents import LatentSet, LatentWindowDataset, blocked_steps, encode_split, taken_steps
 from nav_come.train import main
 from nav_come.world_model import WorldModel
 
@@ -241,3 +241,17 @@ def test_latent_cache_keeps_the_commands(tmp_path):
     assert torch.equal(again.commanded, data.commanded) and again.commanded.shape == (24, 3)
     assert np.allclose(again.commanded[:12].numpy(), commanded)
     assert torch.allclose(again.commanded[12:], taken_steps(data.poses[12:]))
+
+
+def test_contact_weight_upweights_windows_that_reach_a_blocked_step(latents):
+    _, _, data = latents
+    commanded = torch.cat([taken_steps(data.poses[data.trajectory(i)]) for i in range(len(data.names))])
+    commanded[10, 0] += 0.3  # the step from frame 10 fell 0.3 m short of its command
+    pushed = dataclasses.replace(data, commanded=commanded)
+    assert blocked_steps(pushed).nonzero().flatten().tolist() == [10]
+    windows = LatentWindowDataset(pushed, context=4, max_shift=3, spacing=0.25, contact_weight=5.0)
+    heavy = windows.index[windows.weights == 5.0].tolist()
+    assert heavy == [8, 9, 10]  # t + 1 .. t + 3 reaches the step from 10
+    assert LatentWindowDataset(pushed, 4, 3, 0.25).weights is None
+    with pytest.raises(ValueError, match="contact_weight"):
+        LatentWindowDataset(pushed, 4, 3, 0.25, contact_weight=0.0)
