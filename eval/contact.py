@@ -8,18 +8,23 @@ the true answer is "nothing": the view stays as it is. This needs a dataset that
 the commands and the contact (``python -m envs.collect ... --wall-push P``). From the split
 it draws windows of two kinds, each with 4 context frames up to t and ``HORIZON`` steps after:
 
-- ``push``: the step into every frame t+1 .. t+H touched an obstacle (the robot pushes on);
-- ``free``: none of them did.
+- ``pressed``: the step into every frame t .. t+H touched an obstacle: the robot was already
+  pressed against it and pushes on;
+- ``onset``: the steps into t+1 .. t+H touched, the step into t did not: the first contact comes
+  after the context, which must show the obstacle within reach;
+- ``free``: none of the steps into t+1 .. t+H touched.
 
 Each window is rolled out with the commanded one-step motions, as a planner imagines. For
 each checkpoint and kind it reports PSNR (dB, capped at 100) against the true frames at
 horizons 1 and H, beside ``copy_last`` (the newest context frame) and ``ae_recon`` (the first
-checkpoint's autoencoder reconstruction of the truth, the ceiling); on push windows the truth
-is close to that frame, so a model that knows walls predicts it and one that does not
-imagines driving on. ``--json`` writes::
+checkpoint's autoencoder reconstruction of the truth, the ceiling), and each checkpoint once more
+commanded to stand still (``<ckpt> (still)``: what it imagines when it is told the view does not
+move, the most it can make of a push). On pressed and onset windows the truth is close to the
+newest frame, so a model that knows walls predicts it and one that does not imagines driving on.
+``--json`` writes::
 
     {"rows": [{"ckpt", "kind", "horizon", "psnr", "psnr_se", "n"}, ...], "data", "split",
-     "seed", "precision", "windows": {"push": n, "free": n}}
+     "seed", "precision", "windows": {"pressed": n, "onset": n, "free": n}}
 
 Windows and noise follow ``--seed``; every checkpoint sees the same windows and noise.
 """
@@ -47,15 +52,16 @@ from nav_come.world_model import WorldModel
 HORIZON = 4
 CONTEXT = 4
 PSNR_CAP = 100.0
-KINDS = ("push", "free")
+KINDS = ("pressed", "onset", "free")
 
 
 def find_windows(contact: np.ndarray, horizon: int = HORIZON, context: int = CONTEXT) -> dict[str, np.ndarray]:
-    """Newest context frames t of the push and free windows of one trajectory's contact flags (T,)."""
+    """Newest context frames t of the pressed, onset and free windows of one trajectory's contact flags (T,)."""
     T = len(contact)
     t = np.arange(context - 1, T - horizon)  # (n,)
     ahead = np.stack([contact[t + k] for k in range(1, horizon + 1)], 1)  # (n, H)
-    return {"push": t[ahead.all(1)], "free": t[~ahead.any(1)]}
+    push = ahead.all(1)
+    return {"pressed": t[push & contact[t]], "onset": t[push & ~contact[t]], "free": t[~ahead.any(1)]}
 
 
 def draw(trajs: list, n: int, rng: np.random.Generator) -> dict[str, list[tuple[int, int]]]:
@@ -109,8 +115,8 @@ def evaluate(models: dict[str, WorldModel], trajs: list, windows: dict, spacing:
         if not found:
             continue
         first = next(iter(models.values()))
-        scores: dict[str, dict[int, list]] = {name: {1: [], HORIZON: []}
-                                              for name in ["copy_last", "ae_recon", *models]}  # fmt: skip
+        names = ["copy_last", "ae_recon"] + [f"{m}{suffix}" for m in models for suffix in ("", " (still)")]
+        scores: dict[str, dict[int, list]] = {name: {1: [], HORIZON: []} for name in names}
         for b in tqdm(range(0, len(found), batch_size), desc=f"contact {kind}", unit="batch", leave=False):
             batch = window_batch(trajs, found[b : b + batch_size], spacing, size)
             last = batch["context"][:, -1:].expand_as(batch["future"])
@@ -119,10 +125,11 @@ def evaluate(models: dict[str, WorldModel], trajs: list, windows: dict, spacing:
             for h, v in score(first.decode(first.encode(batch["future"])).cpu(), batch["future"]).items():
                 scores["ae_recon"][h].append(v)
             for name, model in models.items():
-                g = torch.Generator().manual_seed(seed * 1000 + b)
-                frames = model.rollout(batch["context"], batch["step_actions"], g)["frames"].cpu()
-                for h, v in score(frames, batch["future"]).items():
-                    scores[name][h].append(v)
+                for suffix, actions in (("", batch["step_actions"]), (" (still)", 0 * batch["step_actions"])):
+                    g = torch.Generator().manual_seed(seed * 1000 + b)
+                    frames = model.rollout(batch["context"], actions, g)["frames"].cpu()
+                    for h, v in score(frames, batch["future"]).items():
+                        scores[name + suffix][h].append(v)
         for name, by_h in scores.items():
             rows += [_row(name, kind, h, torch.cat(v)) for h, v in by_h.items()]
     return rows

@@ -147,6 +147,19 @@ def seeded_test(results: Path) -> str:
     return ate_table(results, "planning_test/test100_seeded.json")
 
 
+def paired_ate(results: Path, folder: str, pairs: list[tuple[str, str]]) -> str:
+    """Paired ATE and RPE differences between methods' per-sample results kept in ``results/folder/<method>``
+    (``eval/ate_rpe.py --resume``), mean over seeds ± one standard error."""
+    from eval.paired import paired, records
+
+    lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
+    for a, b in pairs:
+        d = paired(records(results / folder / a), records(results / folder / b))
+        lines.append(f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | "
+                     f"{d['n']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def outdoor_test(results: Path) -> str:
     """The same methods on the outdoor test split, with the outdoor checkpoints."""
     return ate_table(results, "planning_outdoor/test100_seeded.json")
@@ -323,6 +336,10 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "precision-bench-plan": precision_bench_plan,
     "seeded-val": seeded_val,
     "seeded-test": seeded_test,
+    "seeded-test-come": lambda results: ate_table(results, "planning_test/come_seeded.json"),
+    "seeded-test-come-paired": lambda results: paired_ate(results, "planning_test/come_seeded",
+                                                          [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"),
+                                                           ("CoME", "NoMaD")]),
     "outdoor-test": outdoor_test,
     "outdoor-predict": lambda results: prediction(results, "prediction/outdoor.json"),
     "memory-sltm-val": memory_choice,

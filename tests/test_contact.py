@@ -15,9 +15,9 @@ def test_windows_against_a_hand_made_contact_sequence():
     contact = np.zeros(20, bool)
     contact[8:14] = True  # the steps into frames 8..13 touched a wall
     w = find_windows(contact, horizon=4, context=4)
-    assert w["push"].tolist() == [7, 8, 9]  # t+1..t+4 all inside 8..13
+    assert w["onset"].tolist() == [7]  # t+1..t+4 inside 8..13, t itself free
+    assert w["pressed"].tolist() == [8, 9]  # t..t+4 all inside
     assert w["free"].tolist() == [3, 13, 14, 15]  # t+1..t+4 all outside
-    assert not set(w["push"]) & set(w["free"])
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
     for name in names["val"]:
         tr = read_trajectory(root / "data" / name)
         contact = np.zeros(30, bool)
-        contact[10:20] = True
+        contact[10:20] = True  # windows of every kind
         commanded = np.tile([0.2, 0.0, 0.0], (30, 1))
         write_trajectory(root / "data" / name, tr.frames, tr.position, tr.yaw, commanded=commanded, contact=contact)
     tiny_world_model().save(root / "wm")
@@ -40,9 +40,11 @@ def test_json_contract_and_copy_last_is_exact_on_a_frozen_view(setup, capsys):
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"rows", "data", "split", "seed", "precision", "windows"}
-    assert report["windows"] == {"push": 4, "free": 4}
+    assert report["windows"] == {"pressed": 4, "onset": 2, "free": 4}
+    wm = str(setup / "wm")
     assert {(r["ckpt"], r["kind"], r["horizon"]) for r in report["rows"]} == {
-        (c, k, h) for c in ("copy_last", "ae_recon", str(setup / "wm")) for k in ("push", "free") for h in (1, HORIZON)}
+        (c, k, h) for c in ("copy_last", "ae_recon", wm, f"{wm} (still)") for k in ("pressed", "onset", "free")
+        for h in (1, HORIZON)}  # fmt: skip
     assert all(set(r) == {"ckpt", "kind", "horizon", "psnr", "psnr_se", "n"} for r in report["rows"])
     assert "PSNR" in capsys.readouterr().out
     again = setup / "d.json"

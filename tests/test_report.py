@@ -90,3 +90,12 @@ def test_a_contact_table_has_a_column_per_predictor(tmp_path):
     lines = report.contact_table(tmp_path, "c.json").splitlines()
     assert lines[0] == "| windows | ahead | copy_last | wm |"
     assert lines[2] == "| push (3) | 1 | 31.00 ± 0.25 | 21.00 ± 0.25 |" and lines[5].startswith("| free (5) | 4 |")
+
+
+def test_a_paired_ate_table_differences_kept_samples(tmp_path):
+    for method, errs in (("A", [[1.0, 0.5], [2.0, 0.5], [3.0, 1.0]]), ("B", [[2.0, 0.5], [2.0, 1.0], [5.0, 1.0]])):
+        (tmp_path / "kept" / method).mkdir(parents=True)
+        for i, e in enumerate(errs):
+            (tmp_path / "kept" / method / f"{i}.json").write_text(json.dumps({"err": [e]}))
+    lines = report.paired_ate(tmp_path, "kept", [("A", "B")]).splitlines()
+    assert lines[2] == "| A − B | -1.000 ± 0.577 | -0.167 ± 0.167 | 3 |"  # ATE d = -1, 0, -2
