@@ -142,6 +142,23 @@ def prediction(results: Path, name: str) -> str:
     return "\n".join(lines)
 
 
+def prediction_compare(results: Path, names: dict[str, str]) -> str:
+    """Several ``eval/predict.py`` JSONs on the same windows: the world model's PSNR and SSIM per horizon,
+    one row per JSON ({label: file}), and copy-last-frame once."""
+    reports = {label: _load(results, name)["rows"] for label, name in names.items()}
+    first = next(iter(reports.values()))
+    horizons = sorted({r["horizon"] for r in first})
+    head = [f"PSNR@{h}" for h in horizons] + [f"SSIM@{h}" for h in horizons]
+    lines = ["| predictor | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    rows = [(label, [r for r in rows if r["method"] == "world_model"]) for label, rows in reports.items()]
+    rows.append(("copy last frame", [r for r in first if r["method"] == "copy_last"]))
+    for label, picked in rows:
+        by_h = {r["horizon"]: r for r in picked}
+        cells = [f"{by_h[h]['psnr']:.2f}" for h in horizons] + [f"{by_h[h]['ssim']:.3f}" for h in horizons]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def seeded_test(results: Path) -> str:
     """The chosen seeded search on the maze test split beside the policies."""
     return ate_table(results, "planning_test/test100_seeded.json")
@@ -184,6 +201,8 @@ ROUTE_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_route_0.1.json", 
              "navigate_val/policies20_k1.json", "navigate_val/nomad20_route_0.3_k1.json"]
 ROUTE_PAIRS = [("NWM + route 0.1@8", "NWM@8"), ("NWM + route 0.3@8", "NWM@8"), ("NoMaD + route 0.3@1", "NoMaD@1"),
                ("NWM + route 0.3@8", "NoMaD + route 0.3@1")]
+CONTACT_PREDICT = {"shipped base": "contact/predict_val_shipped.json",
+                   "base fine-tuned with pushes": "contact/predict_val_walls.json"}
 ROUTE_TEST = NAVIGATE_TEST + ["navigate/test40_route.json", "navigate/test40_nomad_route_k1.json"]
 ROUTE_TEST_PAIRS = [("NWM + route 0.3@8", "NWM@8"), ("NWM + route 0.3@8", "GNM@1"), ("NWM + route 0.3@8", "NoMaD@1"),
                     ("NoMaD + route 0.3@1", "NoMaD@1"), ("NWM + route 0.3@8", "NoMaD + route 0.3@1")]
@@ -360,6 +379,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "navigate-test-route": lambda results: navigate_table(results, ROUTE_TEST),
     "navigate-test-route-paired": lambda results: paired_success(results, ROUTE_TEST, ROUTE_TEST_PAIRS),
     "contact-val": lambda results: contact_table(results, "contact/val.json"),
+    "contact-predict-val": lambda results: prediction_compare(results, CONTACT_PREDICT),
     "costs-progress-val": lambda results: costs_table(results, "costs_val/progress40.json"),
     "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
     "outdoor-navigate": lambda results: navigate_table(results, OUTDOOR_NAVIGATE),

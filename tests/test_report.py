@@ -99,3 +99,13 @@ def test_a_paired_ate_table_differences_kept_samples(tmp_path):
             (tmp_path / "kept" / method / f"{i}.json").write_text(json.dumps({"err": [e]}))
     lines = report.paired_ate(tmp_path, "kept", [("A", "B")]).splitlines()
     assert lines[2] == "| A − B | -1.000 ± 0.577 | -0.167 ± 0.167 | 3 |"  # ATE d = -1, 0, -2
+
+
+def test_a_prediction_comparison_has_a_row_per_predictor(tmp_path):
+    for name, p in (("a", 20.0), ("b", 19.0)):
+        rows = [{"method": m, "horizon": h, "psnr": q + h, "ssim": 0.5, "lpips": None, "n": 4}
+                for m, q in (("world_model", p), ("copy_last", 10.0)) for h in (1, 4)]  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
+    lines = report.prediction_compare(tmp_path, {"A": "a.json", "B": "b.json"}).splitlines()
+    assert lines[0] == "| predictor | PSNR@1 | PSNR@4 | SSIM@1 | SSIM@4 |"
+    assert lines[3] == "| B | 20.00 | 23.00 | 0.500 | 0.500 |" and lines[4].startswith("| copy last frame | 11.00 |")
