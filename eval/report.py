@@ -188,11 +188,24 @@ NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), 
                   ("CoME@8", "GNM@4"), ("CoME@8", "NWM@8")]
 
 
+RUN_LABELS = {"navigate_val/nwm20_walls.json": "wall-aware base"}  # runs with other checkpoints than the shipped
+
+
 def _navigate_label(method: str, report: dict) -> str:
-    """A closed-loop row's method, with the goal-progress term when the run had it on."""
+    """A closed-loop row's method, with the goal-progress term when the run had it on (and its
+    checkpoint when it is not the shipped one, ``RUN_LABELS``)."""
     progress, route = report.get("progress"), report.get("route_weight")
     label = f"{method} + progress {progress['weight']:g} ({progress['reduce']})" if progress else method
-    return f"{label} + route {route:g}" if route else label
+    label = f"{label} + route {route:g}" if route else label
+    return f"{label} ({report['run_label']})" if report.get("run_label") else label
+
+
+def _load_run(results: Path, name: str) -> dict:
+    """A closed-loop JSON, labelled with ``RUN_LABELS``."""
+    report = _load(results, name)
+    if name in RUN_LABELS:
+        report["run_label"] = RUN_LABELS[name]
+    return report
 
 
 PROGRESS_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_progress.json"]
@@ -201,6 +214,8 @@ ROUTE_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_route_0.1.json", 
              "navigate_val/policies20_k1.json", "navigate_val/nomad20_route_0.3_k1.json"]
 ROUTE_PAIRS = [("NWM + route 0.1@8", "NWM@8"), ("NWM + route 0.3@8", "NWM@8"), ("NoMaD + route 0.3@1", "NoMaD@1"),
                ("NWM + route 0.3@8", "NoMaD + route 0.3@1")]
+WALLS_VAL = ["navigate_val/nwm20_k8.json", "navigate_val/nwm20_walls.json"]
+WALLS_PAIRS = [("NWM (wall-aware base)@8", "NWM@8")]
 CONTACT_PREDICT = {"shipped base": "contact/predict_val_shipped.json",
                    "base fine-tuned with pushes": "contact/predict_val_walls.json"}
 ROUTE_TEST = NAVIGATE_TEST + ["navigate/test40_route.json", "navigate/test40_nomad_route_k1.json"]
@@ -213,7 +228,7 @@ def navigate_table(results: Path, names: list[str]) -> str:
     lines = ["| method | replan every | success | revisit | non-revisit | SPL | collisions / episode | s/decision | "
              "episodes |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in names:
-        report = _load(results, name)
+        report = _load_run(results, name)
         for r in report["rows"]:
             split = [f"{v:.2f}" if v == v else "-" for v in (r["revisit_success"], r["nonrevisit_success"])]
             lines.append(f"| {_navigate_label(r['method'], report)} | {report['replan_every']} | {r['success']:.2f} | "
@@ -228,7 +243,7 @@ def paired_success(results: Path, names: list[str], pairs: list[tuple[str, str]]
     paired standard error, on all episodes and on the revisits."""
     episodes = {}
     for name in names:
-        report = _load(results, name)
+        report = _load_run(results, name)
         episodes.update({f"{_navigate_label(m, report)}@{report['replan_every']}": eps
                          for m, eps in report["episodes"].items()})  # fmt: skip
     lines = ["| difference | all episodes | revisits | episodes (revisits) |", "|---|---|---|---|"]
@@ -379,6 +394,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "navigate-test-route": lambda results: navigate_table(results, ROUTE_TEST),
     "navigate-test-route-paired": lambda results: paired_success(results, ROUTE_TEST, ROUTE_TEST_PAIRS),
     "contact-val": lambda results: contact_table(results, "contact/val.json"),
+    "navigate-val-walls": lambda results: navigate_table(results, WALLS_VAL),
+    "navigate-val-walls-paired": lambda results: paired_success(results, WALLS_VAL, WALLS_PAIRS),
     "contact-predict-val": lambda results: prediction_compare(results, CONTACT_PREDICT),
     "costs-progress-val": lambda results: costs_table(results, "costs_val/progress40.json"),
     "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
