@@ -28,6 +28,7 @@ import torch
 from scipy.sparse.csgraph import dijkstra
 
 from nav_come.core.geometry import se2_compose
+from planners.planner import PlanResult, PolicyPlanner
 
 # Latent MSE below which a stored frame counts as the goal seen, chosen on validation worlds: on 20
 # revisit episodes the goal's nearest stored latent (the drive that passed it) lay at 0.03-0.72
@@ -85,7 +86,7 @@ class MemoryRoute:
         return value
 
 
-class RoutePolicyPlanner:
+class RoutePolicyPlanner(PolicyPlanner):
     """A sampling policy (NoMaD) ranked by the memory route: ``n`` samples for the goal, the one
     whose end has the smallest route value (:meth:`MemoryRoute.plan_value`) is the plan.
 
@@ -93,22 +94,15 @@ class RoutePolicyPlanner:
     match is the one NWM's route term makes); spacing: metres per spacing unit of the waypoints.
     Implements :class:`planners.planner.Planner`; it observes the episode's frames and poses."""
 
-    precision, uses_memory = "fp32", True
+    uses_memory = True
 
     def __init__(self, policy, ae, route: MemoryRoute, spacing: float, n: int = 16, name: str = "NoMaD"):
         if n < 1 or not spacing > 0:
             raise ValueError(f"need n >= 1 samples and spacing > 0, got {n} and {spacing}")
-        self.policy, self.ae, self.route, self.spacing, self.n, self.name = policy, ae, route, spacing, n, name
+        super().__init__(policy)
+        self.ae, self.route, self.spacing, self.n, self.name = ae, route, spacing, n, name
         self.latents: torch.Tensor | None = None
         self.poses: np.ndarray | None = None
-
-    @property
-    def image_size(self) -> int:
-        return self.policy.config.image_size
-
-    @property
-    def context_frames(self) -> int:
-        return self.policy.config.context_size
 
     @property
     def cost_name(self) -> str:
@@ -145,8 +139,6 @@ class RoutePolicyPlanner:
     def __call__(self, context: torch.Tensor, goal: torch.Tensor, generator: torch.Generator | None = None,
                  warm_start=None, imagine: bool = False):  # fmt: skip
         """context (1, C, 3, H, W), goal (3, H, W) in [0, 1] -> the chosen sample's PlanResult."""
-        from planners.planner import PlanResult
-
         n = self.n
         wp = self.policy.predict(context.expand(n, *context.shape[1:]), goal[None].expand(n, *goal.shape),
                                  generator=generator)["waypoints"].float().cpu()  # (n, K, 3)  # fmt: skip
