@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from envs.occupancy import OccupancyMap
-from envs.sim import Simulator, unicycle_step
+from envs.sim import Simulator
 from nav_come.core.geometry import wrap_angle
 
 MODES = ("patrol", "shuttle", "explore")
@@ -160,7 +160,7 @@ class Driver:
                         continue
                 command = self._command() if stuck < 2 else (-0.3, self.rng.choice([-1.0, 1.0]))
             v, w = command
-            commanded[k] = self._intended(v, w)
+            commanded[k] = self.sim.robot.free_motion(v, w)
             hit = self.sim.step(v, w)
             contact[k + 1], self.touched = hit, hit
             collisions += hit
@@ -170,9 +170,3 @@ class Driver:
                     self._replan(goal)
         self.commanded, self.contact = commanded, contact
         return np.stack(frames), np.stack(poses), collisions
-
-    def _intended(self, v: float, w: float) -> np.ndarray:
-        """One step of (v, w), clipped to the limits, from the origin: (dx, dy, dyaw), metres and radians."""
-        limits = self.sim.robot
-        v, w = float(np.clip(v, -limits.v_max, limits.v_max)), float(np.clip(w, -limits.w_max, limits.w_max))
-        return unicycle_step(np.zeros(3), v, w, limits.dt)

@@ -45,6 +45,15 @@ class RobotConfig:
         """metric_waypoint_spacing: metres covered by one step at full speed."""
         return self.v_max * self.dt
 
+    def clip(self, v: float, w: float) -> tuple[float, float]:
+        """Commands (v, w) clipped to the limits."""
+        return float(np.clip(v, -self.v_max, self.v_max)), float(np.clip(w, -self.w_max, self.w_max))
+
+    def free_motion(self, v: float, w: float) -> np.ndarray:
+        """The motion (dx, dy metres in the robot frame, dyaw radians) of one ``dt`` step of (v, w),
+        clipped, with nothing in the way."""
+        return unicycle_step(np.zeros(3), *self.clip(v, w), self.dt)
+
 
 def unicycle_step(pose: np.ndarray, v: float, w: float, h: float) -> np.ndarray:
     """Exact unicycle motion over ``h`` seconds from pose (x, y, yaw)."""
@@ -90,8 +99,7 @@ class Simulator:
 
     def step(self, v: float, w: float) -> bool:
         """Drive one ``dt`` step with commands clipped to the limits. Returns True on collision."""
-        v = float(np.clip(v, -self.robot.v_max, self.robot.v_max))
-        w = float(np.clip(w, -self.robot.w_max, self.robot.w_max))
+        v, w = self.robot.clip(v, w)
         h = self.robot.dt / self.robot.substeps
         pose = self.pose
         for _ in range(self.robot.substeps):

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from eval.predict import PSNR_CAP
 from nav_come.core.checkpoint import CheckpointError
 from nav_come.core.data import DataFormatError, dataset_config, load_frames, read_split, read_trajectory, split_path
 from nav_come.core.data.config import add_data_args
@@ -47,11 +48,11 @@ from nav_come.core.io import atomic_write_text
 from nav_come.core.layout import pick_checkpoint
 from nav_come.core.metrics import psnr
 from nav_come.core.precision import add_precision_arg, resolve
+from nav_come.core.train_loop import cli_fail
 from nav_come.world_model import WorldModel
 
 HORIZON = 4
 CONTEXT = 4
-PSNR_CAP = 100.0
 KINDS = ("pressed", "onset", "free")
 
 
@@ -159,8 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    print(f"contact: error: {message}", file=sys.stderr)
-    return 2
+    return cli_fail("contact", message)
 
 
 def main(argv: list[str] | None = None) -> int:

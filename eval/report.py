@@ -136,10 +136,15 @@ def prediction(results: Path, name: str) -> str:
     head = [f"PSNR@{h}" for h in horizons] + [f"SSIM@{h}" for h in horizons]
     lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for method in dict.fromkeys(r["method"] for r in rows):
-        by_h = {r["horizon"]: r for r in rows if r["method"] == method}
-        cells = [f"{by_h[h]['psnr']:.2f}" for h in horizons] + [f"{by_h[h]['ssim']:.3f}" for h in horizons]
-        lines.append(f"| {labels.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append(_prediction_line(labels.get(method, method), [r for r in rows if r["method"] == method], horizons))
     return "\n".join(lines)
+
+
+def _prediction_line(label: str, rows: list[dict], horizons: list[int]) -> str:
+    """One table line: PSNR then SSIM at each horizon of one predictor's rows."""
+    by_h = {r["horizon"]: r for r in rows}
+    cells = [f"{by_h[h]['psnr']:.2f}" for h in horizons] + [f"{by_h[h]['ssim']:.3f}" for h in horizons]
+    return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def prediction_compare(results: Path, names: dict[str, str]) -> str:
@@ -152,10 +157,7 @@ def prediction_compare(results: Path, names: dict[str, str]) -> str:
     lines = ["| predictor | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     rows = [(label, [r for r in rows if r["method"] == "world_model"]) for label, rows in reports.items()]
     rows.append(("copy last frame", [r for r in first if r["method"] == "copy_last"]))
-    for label, picked in rows:
-        by_h = {r["horizon"]: r for r in picked}
-        cells = [f"{by_h[h]['psnr']:.2f}" for h in horizons] + [f"{by_h[h]['ssim']:.3f}" for h in horizons]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [_prediction_line(label, picked, horizons) for label, picked in rows]
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from nav_come.autoencoder import Autoencoder
 from nav_come.core.data import poses, read_split, read_trajectory, revisit_mask, split_path
-from nav_come.core.geometry import se2_compose, se2_relative
+from nav_come.core.geometry import se2_compose, se2_relative, step_actions
 from nav_come.core.io import atomic_write_bytes
 from nav_come.world_model import encode_frames
 
@@ -110,8 +110,9 @@ def encode_split(
         starts.append(starts[-1] + len(tr))
         commanded.append(None if tr.commanded is None else torch.from_numpy(tr.commanded))
     if any(c is not None for c in commanded):  # a trajectory without commands moved as commanded
-        commanded = [c if c is not None else taken_steps(w) for c, w in zip(commanded, world, strict=True)]
-    commanded = torch.cat(commanded) if commanded and commanded[0] is not None else None
+        commanded = torch.cat([taken_steps(w) if c is None else c for c, w in zip(commanded, world, strict=True)])
+    else:
+        commanded = None
     result = LatentSet(torch.cat(latents), torch.cat(world), torch.tensor(starts, dtype=torch.int64), names,
                        commanded)
     atomic_write_bytes(path, result.to_bytes())
@@ -120,7 +121,7 @@ def encode_split(
 
 def taken_steps(world: torch.Tensor) -> torch.Tensor:
     """One-step motions actually taken along world poses (T, 3): (T, 3), the last row zero."""
-    return torch.cat([se2_relative(world[:-1], world[1:]), torch.zeros(1, 3, dtype=world.dtype)])
+    return torch.cat([step_actions(world), torch.zeros(1, 3, dtype=world.dtype)])
 
 
 def blocked_steps(data: LatentSet, tol: float = 1e-6) -> torch.Tensor:

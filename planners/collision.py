@@ -97,21 +97,20 @@ class ClearanceHead(nn.Module):
         return self.config.max_range * torch.sigmoid(self.mlp(self.features(z)).float()[:, 0])
 
     @torch.no_grad()
+    def clearance(self, latents: torch.Tensor) -> torch.Tensor:
+        """Imagined latents (B, K, c, h, w) -> (B, K) predicted clearance (metres), on the latents' device."""
+        B, K = latents.shape[:2]
+        z = latents.flatten(0, 1).to(next(self.parameters()).device, torch.float32)
+        return self(z).view(B, K).to(latents.device)
+
     def risk(self, latents: torch.Tensor) -> torch.Tensor:
         """Imagined latents (B, K, c, h, w) -> (B,) mean over the K frames of max(0, margin - clearance)."""
-        dev = next(self.parameters()).device
-        B, K = latents.shape[:2]
-        clearance = self(latents.flatten(0, 1).to(dev, torch.float32)).view(B, K)
-        return (self.config.margin - clearance).clamp(min=0).mean(1).to(latents.device)
+        return (self.config.margin - self.clearance(latents)).clamp(min=0).mean(1)
 
-    @torch.no_grad()
     def breach(self, latents: torch.Tensor, floor: float) -> torch.Tensor:
         """Imagined latents (B, K, c, h, w) -> (B,) metres by which the lowest predicted clearance
         of the K frames falls below ``floor`` (0 when every frame keeps it): the constraint's violation."""
-        dev = next(self.parameters()).device
-        B, K = latents.shape[:2]
-        clearance = self(latents.flatten(0, 1).to(dev, torch.float32)).view(B, K)
-        return (floor - clearance.amin(1)).clamp(min=0).to(latents.device)
+        return (floor - self.clearance(latents).amin(1)).clamp(min=0)
 
 
 register_kind(KIND, ClearanceConfig, ClearanceHead)

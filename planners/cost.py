@@ -30,12 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nav_come.compose import rollout
-from nav_come.core.geometry import se2_compose, step_actions, waypoints_from_actions
+from nav_come.core.geometry import step_actions, waypoints_from_actions
 from nav_come.core.metrics import lpips, lpips_available, ssim
 from nav_come.memory_bank import EpisodeMemory
 from planners.timing import PlanTimer, section
@@ -234,9 +233,9 @@ def world_model_cost(
             with section(timer, "cost"):
                 c = c + progress(latents, goal_latent, len(deltas), rollouts)
         if route_value is not None:
-            ends = waypoints_from_actions(deltas)[:, -1].double().numpy() * [start.spacing, start.spacing, 1.0]
-            world = se2_compose(np.broadcast_to(start.poses[start.now].numpy(), ends.shape), ends)  # (N, 3)
-            c = c + route.weight * torch.from_numpy(route_value(world[:, :2])).to(c)
+            ends = route.end_positions(start.poses[start.now].numpy(), waypoints_from_actions(deltas)[:, -1],
+                                       start.spacing)
+            c = c + route.weight * torch.from_numpy(route_value(ends)).to(c)
         return c
 
     return cost

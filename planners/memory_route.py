@@ -60,6 +60,13 @@ class MemoryRoute:
     def name(self) -> str:
         return f"{self.weight:g} x route distance to where the goal was seen (m)"
 
+    @staticmethod
+    def end_positions(pose: np.ndarray, ends: torch.Tensor, spacing: float) -> np.ndarray:
+        """World positions (N, 2) of plan ends (N, 3) given in the robot frame of ``pose`` (world x, y,
+        yaw), xy in spacing units of ``spacing`` metres: what :meth:`plan_value`'s function takes."""
+        ends = ends.double().cpu().numpy() * [spacing, spacing, 1.0]  # (N, 3) metres, radians
+        return se2_compose(np.broadcast_to(np.asarray(pose, np.float64), ends.shape), ends)[:, :2]
+
     def locate(self, latents: torch.Tensor, goal: torch.Tensor) -> int | None:
         """Index of the stored latent (T, c, h, w) closest to the goal latent (c, h, w); None when none
         is within max_match."""
@@ -147,8 +154,6 @@ class RoutePolicyPlanner(PolicyPlanner):
             value = self.route.plan_value(self.latents, self.poses, self._encode(goal[None])[0])
         if value is None:
             return PlanResult(wp[0], note="goal not in memory: the policy's first sample")
-        ends = wp[:, -1].double().numpy() * [self.spacing, self.spacing, 1.0]  # (n, 3) metres, radians
-        world = se2_compose(np.broadcast_to(self.poses[-1], ends.shape), ends)
-        costs = self.route.weight * value(world[:, :2])
+        costs = self.route.weight * value(self.route.end_positions(self.poses[-1], wp[:, -1], self.spacing))
         best = int(np.argmin(costs))
         return PlanResult(wp[best], float(costs[best]), self.cost_name)
