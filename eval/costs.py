@@ -70,8 +70,10 @@ def sim_world(data: Path, traj: str) -> tuple[str, int] | None:
     meta = Path(data) / "dataset.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("name") != "nav_come_sim":
         return None
-    family, seed, _ = traj.rsplit("_", 2)
-    return family, int(seed)
+    parts = traj.rsplit("_", 2)
+    if len(parts) != 3 or not parts[1].isdigit():  # not a name the collector gives
+        return None
+    return parts[0], int(parts[1])
 
 
 def true_views(sim, pose: np.ndarray, wps: np.ndarray, frames: int, spacing: float) -> torch.Tensor:

@@ -25,6 +25,14 @@ def records(folder: Path) -> dict[int, np.ndarray]:
             if f.stem.isdigit()}  # fmt: skip
 
 
+def merged(folders: list[Path]) -> dict[int, np.ndarray]:
+    """{sample index: err (S, 2)} of one method over several folders, one per seed run (each folder's
+    seeds stacked in order), on the samples that every folder holds."""
+    per = [records(f) for f in folders]
+    ids = sorted(set.intersection(*(set(r) for r in per)))
+    return {i: np.concatenate([r[i] for r in per]) for i in ids}
+
+
 def paired(a: dict[int, np.ndarray], b: dict[int, np.ndarray], seed: int | None = None) -> dict:
     """n, and mean and standard error of a - b for ATE and RPE over the common samples."""
     ids = sorted(a.keys() & b.keys())

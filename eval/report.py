@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from nav_come.core.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +178,61 @@ def paired_ate(results: Path, folder: str, pairs: list[tuple[str, str]]) -> str:
         d = paired(records(results / folder / a), records(results / folder / b))
         lines.append(f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | "
                      f"{d['n']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+PERFECT_PAIRS = [("true", "imagined"), ("true", "gnm"), ("imagined", "gnm"), ("true", "oracle")]
+PERFECT_SHORT = {"imagined": "imagined views", "true": "true views", "gnm": "GNM", "oracle": "oracle"}
+
+
+def seeds_table(results: Path, folders: list[str], methods: list[str]) -> str:
+    """Methods' ATE and RPE over several ``eval/ate_rpe.py --resume`` folders, one seed each: every
+    seed's mean over the samples all folders hold, then the mean ± std over the seeds."""
+    from eval.paired import merged
+
+    lines = ["| method | ATE | RPE | ATE (m) | ATE per seed | samples × seeds |", "|---|---|---|---|---|---|"]
+    spacing = _load(results, f"{folders[0]}/protocol.json")["metric_waypoint_spacing"]
+    for m in methods:
+        err = np.stack(list(merged([results / f / m for f in folders]).values()))  # (n, S, 2)
+        ate, rpe = err[..., 0].mean(0), err[..., 1].mean(0)  # (S,) per seed
+        lines.append(f"| {m} | {ate.mean():.3f} ± {ate.std():.3f} | {rpe.mean():.3f} ± {rpe.std():.3f} | "
+                     f"{ate.mean() * spacing:.3f} | {' / '.join(f'{a:.3f}' for a in ate)} | "
+                     f"{len(err)} × {len(ate)} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def paired_seeds(results: Path, folders: list[str], pairs: list[tuple[str, str]]) -> str:
+    """Paired differences over several seed runs: each sample's difference averaged over the seeds,
+    mean ± one standard error over the samples."""
+    from eval.paired import merged, paired
+
+    lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
+    for a, b in pairs:
+        d = paired(merged([results / f / a for f in folders]), merged([results / f / b for f in folders]))
+        lines.append(f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | "
+                     f"{d['n']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def perfect_table(results: Path, name: str) -> str:
+    """An ``eval/perfect.py`` JSON: the planner on imagined and on true views, GNM and the oracle."""
+    lines = ["| plan | ATE | RPE | ATE (m) | closer than GNM | rank corr., first population |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in _load(results, name)["rows"]:
+        rho = f"{r['spearman']:.3f}" if "spearman" in r else "-"
+        lines.append(f"| {r['plan']} | {r['ate']:.3f} | {r['rpe']:.3f} | {r['ate_m']:.3f} | {r['beats_gnm']:.2f} | "
+                     f"{rho} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def perfect_paired(results: Path, name: str, pairs=PERFECT_PAIRS) -> str:
+    """Paired ATE differences between the rows of an ``eval/perfect.py`` JSON, ± one standard error."""
+    rows = {r["key"]: r for r in _load(results, name)["rows"]}
+    lines = ["| difference | ATE | samples |", "|---|---|---|"]
+    for a, b in pairs:
+        d = np.asarray(rows[a]["per_sample_ate"]) - np.asarray(rows[b]["per_sample_ate"])
+        se = d.std(ddof=1) / np.sqrt(len(d))
+        lines.append(f"| {PERFECT_SHORT[a]} − {PERFECT_SHORT[b]} | {d.mean():+.3f} ± {se:.3f} | {len(d)} |")
     return "\n".join(lines)
 
 
@@ -377,6 +434,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
                                                           [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"),
                                                            ("CoME", "NoMaD")]),
     "outdoor-test": outdoor_test,
+    "perfect-val": lambda results: perfect_table(results, "perfect/val40.json"),
+    "perfect-val-paired": lambda results: perfect_paired(results, "perfect/val40.json"),
     "outdoor-predict": lambda results: prediction(results, "prediction/outdoor.json"),
     "memory-sltm-val": memory_choice,
     "memory-come-val": lambda results: memory_ablation(results, "memory_val/recall2_come.json"),

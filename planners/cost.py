@@ -192,6 +192,7 @@ def world_model_cost(
     progress: ProgressTerm | None = None,
     route=None,
     clearance_floor: float = 0.0,
+    imagine: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The CEM cost of every world-model method: per-step deltas (N, H, 3) in the start frame ->
     (N,) mean goal distance (plus the penalties).
@@ -204,7 +205,10 @@ def world_model_cost(
     rollout (batch N*R, :func:`nav_come.compose.rollout`) with the world model's sampler and
     sampler steps; the world model decodes (and encodes a latent goal). clearance_floor: metres of
     imagined clearance every frame must keep (:meth:`~planners.collision.ClearanceHead.breach`;
-    needs ``collision``; 0: off).
+    needs ``collision``; 0: off). imagine: per-step deltas (N, H, 3) -> latents (N, H, c, h, w) of
+    the frames at every waypoint, used instead of the denoiser's rollouts (a perfect world model:
+    ``eval/perfect.py`` passes the views the simulator renders; each candidate's frames then
+    stand for all its R rollouts).
     """
     context = None
     if isinstance(start, torch.Tensor):
@@ -222,10 +226,13 @@ def world_model_cost(
             route_value = route.plan_value(start.latents, start.poses.numpy(), goal_latent)
 
     def cost(deltas: torch.Tensor) -> torch.Tensor:
-        steps = candidate_motions(deltas, rollouts).to(world_model.device)  # (N*R, H, 3)
-        with section(timer, "denoise"):
-            latents = rollout(denoiser, start, steps, world_model.sampler_steps, generator, world_model.sampler,
-                              context=context)  # fmt: skip
+        if imagine is not None:
+            latents = imagine(deltas).repeat_interleave(rollouts, 0)  # (N*R, H, c, h, w)
+        else:
+            steps = candidate_motions(deltas, rollouts).to(world_model.device)  # (N*R, H, 3)
+            with section(timer, "denoise"):
+                latents = rollout(denoiser, start, steps, world_model.sampler_steps, generator, world_model.sampler,
+                                  context=context)  # fmt: skip
         last = latents[:, -distance.frames :]  # (N*R, F, c, h, w): the final frame(s) are compared
         c = _final_cost(world_model, last, target, distance, deltas, rollouts, length_weight, timer)
         c = c + _collision_penalty(collision, collision_weight, latents, len(deltas), rollouts, timer, clearance_floor)

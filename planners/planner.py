@@ -252,12 +252,14 @@ class WorldModelPlanner:
                 self._warned = True
         return EpisodeMemory(ctx, np.zeros((C, 3)), self.spacing), note
 
-    def cost(self, start: EpisodeMemory, goal: torch.Tensor, generator: torch.Generator | None = None):
-        """The cost function of candidates' per-step deltas (N, H, 3) -> (N,) for a plan from ``start``."""
+    def cost(self, start: EpisodeMemory, goal: torch.Tensor, generator: torch.Generator | None = None,
+             imagine=None):  # fmt: skip
+        """The cost function of candidates' per-step deltas (N, H, 3) -> (N,) for a plan from ``start``;
+        ``imagine``: frames from elsewhere than the denoiser (:func:`~planners.cost.world_model_cost`)."""
         route = self.route if self.history is not None else None  # only real poses place the goal
         return world_model_cost(self.world_model, start, goal, self.distance, self.rollouts, generator,
                                 self.length_weight, self.timer, self.collision, self.collision_weight,
-                                self.denoiser, self.progress, route, self.clearance_floor)  # fmt: skip
+                                self.denoiser, self.progress, route, self.clearance_floor, imagine)  # fmt: skip
 
     def imagine(self, start: EpisodeMemory, deltas: torch.Tensor, generator: torch.Generator | None = None):
         """Frames (K, 3, H, W) of the rollout of one plan's per-step deltas (K, 3) from ``start``."""

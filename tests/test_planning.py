@@ -59,6 +59,27 @@ def test_world_model_cost_shapes_and_seed(kind):
     assert costs[0].shape == (6,) and torch.equal(costs[0], costs[1]) and torch.isfinite(costs[0]).all()
 
 
+def test_world_model_cost_reads_given_views_instead_of_rollouts():
+    """The perfect-world-model seam (eval/perfect.py): with ``imagine`` the cost scores those frames,
+    so the candidate whose final view is the goal costs nothing, and no rollout draws noise."""
+    wm = tiny_world_model()
+    ctx = torch.rand(1, 4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    goal = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    goal_latent = wm.encode(goal[None, None])[0, 0]
+    deltas = cem.decode(torch.rand(4, 3) * 2 - 1, cem.CEMConfig())  # (4, 8, 3)
+
+    def imagine(d):  # candidate 2 ends at the goal's view, the others at noise
+        latents = torch.randn(len(d), d.shape[1], *goal_latent.shape, generator=torch.Generator().manual_seed(2))
+        latents[2, -1] = goal_latent
+        return latents
+
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    c = world_model_cost(wm, ctx, goal, GoalDistance("latent_mse"), rollouts=3, generator=gen, imagine=imagine)(deltas)
+    assert c.shape == (4,) and float(c[2]) < 1e-6 and (c[[0, 1, 3]] > 0.1).all()
+    assert torch.equal(gen.get_state(), state)
+
+
 @pytest.mark.parametrize("kind", ["dssim", "dssim_half", "pixel_mse", "latent_mse"])
 def test_goal_distance_is_zero_at_the_goal_only(kind):
     goal = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))

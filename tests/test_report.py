@@ -109,3 +109,20 @@ def test_a_prediction_comparison_has_a_row_per_predictor(tmp_path):
     lines = report.prediction_compare(tmp_path, {"A": "a.json", "B": "b.json"}).splitlines()
     assert lines[0] == "| predictor | PSNR@1 | PSNR@4 | SSIM@1 | SSIM@4 |"
     assert lines[3] == "| B | 20.00 | 23.00 | 0.500 | 0.500 |" and lines[4].startswith("| copy last frame | 11.00 |")
+
+
+def test_a_seeds_table_stacks_one_folder_per_seed_on_common_samples(tmp_path):
+    """Seed runs kept apart (``--resume`` per seed) combine on the samples every run holds."""
+    runs = {"s0": {"A": [[1.0, 0.5], [3.0, 0.5], [9.0, 9.0]], "B": [[2.0, 1.0], [2.0, 1.0]]},
+            "s1": {"A": [[2.0, 0.5], [4.0, 1.5]], "B": [[2.0, 1.0], [4.0, 1.0]]}}  # fmt: skip
+    for run, methods in runs.items():
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "protocol.json").write_text(json.dumps({"metric_waypoint_spacing": 0.5}))
+        for method, errs in methods.items():
+            (tmp_path / run / method).mkdir()
+            for i, e in enumerate(errs):
+                (tmp_path / run / method / f"{i}.json").write_text(json.dumps({"err": [e]}))
+    lines = report.seeds_table(tmp_path, ["s0", "s1"], ["A"]).splitlines()
+    assert lines[2] == "| A | 2.500 ± 0.500 | 0.750 ± 0.250 | 1.250 | 2.000 / 3.000 | 2 × 2 |"  # sample 2 dropped
+    lines = report.paired_seeds(tmp_path, ["s0", "s1"], [("A", "B")]).splitlines()
+    assert lines[2] == "| A − B | +0.000 ± 0.500 | -0.250 ± 0.250 | 2 |"  # ATE per sample d = -0.5, +0.5
