@@ -66,6 +66,26 @@ from planners.config import BY_LABEL, REGISTRY, TABLE, add_plan_args, plan_confi
 from planners.methods import MethodUnavailable, load_method
 
 METHOD_NAMES = {label: m.key for label, m in BY_LABEL.items()}  # the table's rows (planners.methods.REGISTRY)
+USER_ERRORS = (ValueError, DataFormatError, CheckpointError, FileNotFoundError)  # one line and exit 2
+
+
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The evaluation CLIs' arguments, with ``--ckpt`` defaulting to the shipped checkpoint of
+    ``--data``'s world and ``--threads`` applied."""
+    args = parser.parse_args(argv)
+    args.ckpt = pick_checkpoint(args.ckpt, args.data)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def run_checked(run, args: argparse.Namespace):
+    """``run(args)``, or None after one line on stderr when it fails on a user's mistake (exit 2)."""
+    try:
+        return run(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
 
 
 def table_labels(names: list[str]) -> list[str]:
@@ -378,14 +398,11 @@ def run(args, dist: Distributed | None = None) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.ckpt = pick_checkpoint(args.ckpt, args.data)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_cli(build_parser(), argv)
     try:
         dist = distributed.init(args.device)
         out = run(args, dist)
-    except (ValueError, DataFormatError, CheckpointError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -40,13 +40,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval.ate_rpe import load_sample, load_samples
-from nav_come.core.checkpoint import CheckpointError, checkpoint_hash
-from nav_come.core.data import DataFormatError, dataset_config, poses, read_trajectory
+from eval.ate_rpe import load_sample, load_samples, parse_cli, run_checked
+from nav_come.core.checkpoint import checkpoint_hash
+from nav_come.core.data import dataset_config, poses, read_trajectory
 from nav_come.core.data.config import add_data_args
 from nav_come.core.geometry import se2_compose, waypoints_from_actions, wrap_angle
 from nav_come.core.io import atomic_write_text
-from nav_come.core.layout import pick_checkpoint
 from nav_come.core.metrics import ate, rpe, spearman
 from nav_come.core.precision import add_precision_arg, resolve, use_bf16
 from nav_come.distill import distilled_steps, distilled_world_model
@@ -150,13 +149,20 @@ def combinations(costs: dict[str, np.ndarray], weights: list[float]) -> dict[str
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python eval/costs.py", description=__doc__.split("\n\n")[0])
+def validation_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The arguments of a diagnostic run on validation samples: --data, --ckpt, --split, the
+    field's split layout and --n-samples."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/maze"))
     p.add_argument("--ckpt", type=Path, help="checkpoint folder (default: checkpoints/<world of --data>)")
     p.add_argument("--split", default="val", help="val (the default; choose settings here) or test")
     add_data_args(p)
     p.add_argument("--n-samples", type=int, default=40)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = validation_parser("python eval/costs.py", __doc__)
     p.add_argument("--steps", type=int, nargs="+", default=[1], help="the world model's sampler steps (one run each)")
     p.add_argument("--distilled", type=Path, help="also run the base distilled for each step count in this folder")
     p.add_argument("--candidates", type=int, default=120)
@@ -318,14 +324,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.ckpt = pick_checkpoint(args.ckpt, args.data)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        out = run(args)
-    except (ValueError, DataFormatError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    args = parse_cli(build_parser(), argv)
+    out = run_checked(run, args)
+    if out is None:
         return 2
     for r in out["runs"]:
         print(f"\n{r['sampler']}, {r['sampler_steps']} step(s), {r['s_per_sample']:.1f} s per sample "

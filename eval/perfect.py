@@ -31,14 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval.ate_rpe import load_sample, load_samples
-from eval.costs import sim_world, simulator, true_views
-from nav_come.core.checkpoint import CheckpointError
-from nav_come.core.data import DataFormatError, dataset_config, poses, read_trajectory
-from nav_come.core.data.config import add_data_args
+from eval.ate_rpe import load_sample, load_samples, parse_cli, run_checked
+from eval.costs import sim_world, simulator, true_views, validation_parser
+from nav_come.core.data import dataset_config, poses, read_trajectory
 from nav_come.core.geometry import waypoints_from_actions
 from nav_come.core.io import atomic_write_text
-from nav_come.core.layout import pick_checkpoint
 from nav_come.core.metrics import ate, rpe, spearman
 from nav_come.core.precision import resolve
 from planners import cem
@@ -143,12 +140,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python eval/perfect.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path("data/maze"))
-    p.add_argument("--ckpt", type=Path, help="checkpoint folder (default: checkpoints/<world of --data>)")
-    p.add_argument("--split", default="val", help="val (the default; choose settings here) or test")
-    add_data_args(p)
-    p.add_argument("--n-samples", type=int, default=40)
+    p = validation_parser("python eval/perfect.py", __doc__)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     add_plan_args(p)
@@ -158,14 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.ckpt = pick_checkpoint(args.ckpt, args.data)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        out = run(args)
-    except (ValueError, DataFormatError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    args = parse_cli(build_parser(), argv)
+    out = run_checked(run, args)
+    if out is None:
         return 2
     print(f"{out['protocol']['n_samples']} {out['protocol']['split']} samples, seed {out['protocol']['seed']}, "
           f"cost: {out['protocol']['cost']}, {out['s_per_sample']:.1f} s per sample")  # fmt: skip

@@ -175,10 +175,13 @@ def paired_ate(results: Path, folder: str, pairs: list[tuple[str, str]]) -> str:
 
     lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
     for a, b in pairs:
-        d = paired(records(results / folder / a), records(results / folder / b))
-        lines.append(f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | "
-                     f"{d['n']} |")  # fmt: skip
+        lines.append(_paired_line(a, b, paired(records(results / folder / a), records(results / folder / b))))
     return "\n".join(lines)
+
+
+def _paired_line(a: str, b: str, d: dict) -> str:
+    """One line of a paired table: A − B in ATE and RPE, ± one standard error, and the sample count."""
+    return f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | {d['n']} |"
 
 
 PERFECT_PAIRS = [("true", "imagined"), ("true", "gnm"), ("imagined", "gnm"), ("true", "oracle")]
@@ -209,8 +212,7 @@ def paired_seeds(results: Path, folders: list[str], pairs: list[tuple[str, str]]
     lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
     for a, b in pairs:
         d = paired(merged([results / f / a for f in folders]), merged([results / f / b for f in folders]))
-        lines.append(f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | "
-                     f"{d['n']} |")  # fmt: skip
+        lines.append(_paired_line(a, b, d))
     return "\n".join(lines)
 
 
