@@ -516,24 +516,27 @@ def _observe(planner, episode: dict) -> dict:
 
 
 def _method_rows(label: str, planner, sampler: str, steps: list[int], plans: int, episode: dict, unbatched: bool,
-                 extra: dict, log, precisions=BENCH_PRECISIONS) -> list[dict]:  # fmt: skip
+                 extra: dict, log, precisions=BENCH_PRECISIONS, rollouts=(3,)) -> list[dict]:  # fmt: skip
     rows = []
-    for precision in precisions:
+    for precision, r in ((p, r) for p in precisions for r in rollouts):
         set_precision(planner, precision)
         set_steps(planner, min(steps))
+        planner.rollouts = r
         time_plan(planner, episode, 0)  # warm-up: allocations and kernels for these batch shapes
         for s in steps:
-            log(f"  {label} {sampler} {s} steps {precision} ...")
+            log(f"  {label} {sampler} {s} steps {precision}, {r} rollouts ...")
             rows.append({"method": label, "sampler": sampler, "sampler_steps": s, "precision": precision,
-                         **bench_row(planner, episode, s, plans, unbatched), **extra})  # fmt: skip
+                         "rollouts": r, **bench_row(planner, episode, s, plans, unbatched), **extra})  # fmt: skip
     return rows
 
 
 def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int = 3, device: str = "cpu",
-               candidates: int = 120, rollouts: int = 3, unbatched: bool = False, log=print,
-               precisions=BENCH_PRECISIONS) -> dict:  # fmt: skip
+               candidates: int = 120, rollouts=(3,), unbatched: bool = False, log=print,
+               precisions=BENCH_PRECISIONS, search: str = "paper") -> dict:  # fmt: skip
     """The planning benchmark's report (see the module docstring); methods whose checkpoints are
-    missing, and the distilled sampler while it has no checkpoint, are listed under "skipped"."""
+    missing, and the distilled sampler while it has no checkpoint, are listed under "skipped".
+    rollouts: the rollouts per candidate of each row, side by side; search: paper (NWM's CEM,
+    ``candidates``) or seeded (the default search of the planners, from the policies' proposals)."""
     import torch
 
     from nav_come.core.checkpoint import CheckpointError
@@ -542,8 +545,7 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
     from planners.timing import PlanTimer
 
     cfg = cem.CEMConfig(n_candidates=candidates, top_k=min(cem.CEMConfig.top_k, candidates))
-    kwargs = {"device": device, "cem_config": cfg, "rollouts": rollouts, "sampler_steps": DEFAULT_SAMPLER_STEPS,
-              "search": "paper"}  # NWM's protocol: candidates x rollouts, the forwards this report counts
+    kwargs = {"device": device, "cem_config": cfg, "sampler_steps": DEFAULT_SAMPLER_STEPS, "search": search}
     planners, skipped = {}, {}
     for m in methods:
         try:
@@ -558,7 +560,7 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
         with torch.no_grad():
             extra = _observe(planner, episode)
             rows += _method_rows(label, planner, "multistep", list(steps), plans, episode, unbatched, extra, log,
-                                 precisions)  # fmt: skip
+                                 precisions, rollouts)  # fmt: skip
             if not distilled_root(ckpt).is_dir():
                 skipped["distilled"] = "no distilled checkpoint"
                 continue
@@ -570,31 +572,34 @@ def bench_plan(ckpt, methods=tuple(PLAN_METHODS), steps=PLAN_STEPS, plans: int =
                 distilled.timer = PlanTimer(device)
                 extra = _observe(distilled, episode)
                 rows += _method_rows(label, distilled, "distilled", [s], plans, episode, unbatched, extra, log,
-                                     precisions)  # fmt: skip
-    nwm = {(r["sampler"], r["sampler_steps"], r["precision"]): r["s_per_plan"] for r in rows if r["method"] == "NWM"}
+                                     precisions, rollouts)  # fmt: skip
+    def key(r: dict) -> tuple:
+        return r["sampler"], r["sampler_steps"], r["precision"], r["rollouts"]
+
+    nwm = {key(r): r["s_per_plan"] for r in rows if r["method"] == "NWM"}
     for r in rows:
-        base = nwm.get((r["sampler"], r["sampler_steps"], r["precision"]))
+        base = nwm.get(key(r))
         r["vs_nwm"] = round(r["s_per_plan"] / base, 3) if base else None
     return {"machine": machine(), "device": device, "threads": torch.get_num_threads(), **precision_report(device),
             "default_steps": DEFAULT_SAMPLER_STEPS, "rows": rows, "skipped": skipped,
             "episode": episode["source"] if episode else None,
             "protocol": {"candidates": cfg.n_candidates, "top_k": cfg.top_k, "iterations": cfg.iterations,
-                         "horizon": cfg.horizon, "rollouts": rollouts, "plans_per_row": plans,
+                         "horizon": cfg.horizon, "rollouts": list(rollouts), "plans_per_row": plans,
                          "distance": first.distance.name if first else None, "ckpt": str(ckpt),
-                         "search": "paper"}}  # fmt: skip
+                         "search": search}}  # fmt: skip
 
 
 def format_plan_table(rows: list[dict]) -> str:
     """Seconds per plan and its split; forwards per plan batched and unbatched (and, if timed, the
     seconds per plan of one forward per branch without and with dedup)."""
     extra = any("s_per_plan_unbatched" in r for r in rows)
-    head = (f"{'method':<8} {'sampler':<9} {'steps':>5} {'prec':>4} {'s/plan':>8} {'xNWM':>5} {'fwd/plan':>8} "
+    head = (f"{'method':<8} {'sampler':<9} {'steps':>5} {'prec':>4} {'R':>2} {'s/plan':>8} {'xNWM':>5} {'fwd/plan':>8} "
             f"{'unbatched':>9} {'batch':>6} {'encode':>7} {'denoise':>8} {'decode':>7} {'cost':>6} "
             f"{'cem':>6}")  # fmt: skip
     lines = [head + (f" {'s unbatched':>11} {'s dedup-only':>12}" if extra else "")]
     for r in rows:
         sp, ratio = r["split_s"], f"{r['vs_nwm']:.2f}" if r["vs_nwm"] is not None else "-"
-        line = (f"{r['method']:<8} {r['sampler']:<9} {r['sampler_steps']:>5} {r['precision']:>4} "
+        line = (f"{r['method']:<8} {r['sampler']:<9} {r['sampler_steps']:>5} {r['precision']:>4} {r['rollouts']:>2} "
                 f"{r['s_per_plan']:>8.2f} {ratio:>5} {r['forwards_per_plan']:>8} {r['forwards_unbatched']:>9} "
                 f"{r['batch']:>6} {sp['encode']:>7.3f} "
                 f"{sp['denoise']:>8.2f} {sp['decode']:>7.3f} {sp['cost']:>6.3f} {sp['cem']:>6.3f}")  # fmt: skip
@@ -641,12 +646,17 @@ def _plan_main(args) -> dict:
     plans = args.plans or (1 if args.quick else 3)
     if plans < 1 or min(steps) < 1:
         raise ValueError(f"--plans and --steps must be >= 1, got {plans} and {steps}")
+    if min(args.rollouts) < 1:
+        raise ValueError(f"--rollouts must be >= 1, got {args.rollouts}")
     out = bench_plan(args.ckpt, args.methods, steps, plans, args.device, args.candidates, args.rollouts,
                      args.unbatched, log=lambda msg: print(msg, file=sys.stderr, flush=True),
-                     precisions=precisions(args.precision or BENCH_PRECISIONS, args.device))  # fmt: skip
+                     precisions=precisions(args.precision or BENCH_PRECISIONS, args.device),
+                     search=args.search)  # fmt: skip
     proto = out["protocol"]
-    print(f"plan: device {out['device']}, torch threads {out['threads']}; {proto['candidates']} candidates × "
-          f"{proto['rollouts']} rollouts × {proto['horizon']} steps, {proto['iterations']} CEM iteration(s), "
+    search = (f"{proto['candidates']} candidates, {proto['iterations']} CEM iteration(s)" if args.search == "paper"
+              else "the seeded search (policy proposals, refined)")  # fmt: skip
+    print(f"plan: device {out['device']}, torch threads {out['threads']}; {search}, "
+          f"{'/'.join(map(str, proto['rollouts']))} rollouts × {proto['horizon']} steps, "
           f"cost {proto['distance']}; median of {plans} plan(s) per row after a warm-up")  # fmt: skip
     print(f"episode: {out['episode']}")
     for r in out["rows"]:
@@ -679,7 +689,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/maze"), help="int8: the data whose val windows it predicts")
     p.add_argument("--n-samples", type=int, default=128, help="int8: validation windows")
     p.add_argument("--candidates", type=int, default=120, help="plan: CEM candidates (NWM preset 120)")
-    p.add_argument("--rollouts", type=int, default=3, help="plan: rollouts per candidate (NWM preset 3)")
+    p.add_argument("--rollouts", type=int, nargs="+", default=[3],
+                   help="plan: rollouts per candidate, one row each (NWM preset 3)")
+    p.add_argument("--search", choices=("paper", "seeded"), default="paper",
+                   help="plan: NWM's CEM with --candidates (paper) or the planners' default seeded search")
     p.add_argument("--unbatched", action="store_true",
                    help="plan: also time composed methods with one forward per branch, without and with dedup")
     args = p.parse_args(argv)

@@ -86,6 +86,28 @@ def test_quick_runs_the_default_steps_once_per_method(tmp_path, capsys):
     assert bench.main(["plan", "--ckpt", str(tmp_path / "ckpt"), "--methods", "GNM"]) == 2
 
 
+def test_the_seeded_search_timed_at_several_rollout_counts_side_by_side(tmp_path, capsys):
+    """--search seeded times the planners' default search; each --rollouts value is a row, and each
+    row's ratio is to NWM at the same rollouts."""
+    from planners.config import PlanConfig
+
+    tiny_memory_ckpt(tmp_path / "ckpt", experts=(), ltm=False)
+    args = ["plan", "--quick", "--ckpt", str(tmp_path / "ckpt"), "--methods", "NWM", "--search", "seeded",
+            "--rollouts", "2", "1", "--precision", "fp32", "--json", str(tmp_path / "s.json")]  # fmt: skip
+    assert bench.main(args) == 0
+    got = json.loads((tmp_path / "s.json").read_text())
+    assert got["protocol"]["search"] == "seeded" and got["protocol"]["rollouts"] == [2, 1]
+    rows = {r["rollouts"]: r for r in got["rows"]}
+    assert set(rows) == {1, 2} and all(r["vs_nwm"] == 1.0 for r in rows.values())
+    c = PlanConfig()
+    proposals, refined = c.proposals_nomad + c.proposals_gnm, c.refine + 1  # the best so far is rescored
+    for r, row in rows.items():  # one denoiser call per horizon step and iteration, every candidate x rollout in it
+        assert row["forwards_per_plan"] == 8 * c.seeded_iterations
+        assert row["batch"] == max(proposals, refined) * r and row["samples_per_plan"] == 8 * (proposals + refined) * r
+    assert "the seeded search" in capsys.readouterr().out
+    assert bench.main([*args[:-2], "--rollouts", "0"]) == 2
+
+
 def test_precisions_side_by_side_with_the_cpu_and_what_auto_picks(tmp_path, capsys):
     from nav_come.core.precision import resolve
 
