@@ -659,8 +659,8 @@ def _plan_main(args) -> dict:
           f"{'/'.join(map(str, proto['rollouts']))} rollouts × {proto['horizon']} steps, "
           f"cost {proto['distance']}; median of {plans} plan(s) per row after a warm-up")  # fmt: skip
     print(f"episode: {out['episode']}")
-    for r in out["rows"]:
-        if "s_observe" in r and r["sampler_steps"] == steps[0]:
+    for r in {r["method"]: r for r in reversed(out["rows"])}.values():  # each method's first row
+        if "s_observe" in r:
             ltm = f" (LTM memorisation {r['ltm_memorise_s']:.2f} s)" if r["ltm_memorise_s"] is not None else ""
             print(f"{r['method']}: observing {r['history_frames']} frames took {r['s_observe']:.2f} s{ltm}, "
                   "once per episode, apart from the plan time")  # fmt: skip

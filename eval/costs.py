@@ -75,12 +75,32 @@ def sim_world(data: Path, traj: str) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
-def true_views(sim, pose: np.ndarray, wps: np.ndarray, frames: int, spacing: float) -> torch.Tensor:
+def stop_at_walls(sim, pose: np.ndarray, world: np.ndarray, checks: int = 4) -> np.ndarray:
+    """Where the robot really is along each candidate: world poses (N, K, 3) from ``pose``, each
+    held at the last free pose from the first waypoint the robot cannot reach (a collision on the
+    straight segment to it, checked at ``checks`` points). The simulator's robot is put back."""
+    keep, out = sim.pose, world.copy()
+    for n in range(len(world)):
+        last = np.asarray(pose, np.float64)
+        for k in range(world.shape[1]):
+            steps = [last + (world[n, k] - last) * (i / checks) for i in range(1, checks + 1)]
+            if not all(sim.set_pose(p) for p in steps):
+                out[n, k:] = last  # stopped: every later view is this one
+                break
+            last = world[n, k]
+    sim.set_pose(keep)
+    return out
+
+
+def true_views(sim, pose: np.ndarray, wps: np.ndarray, frames: int, spacing: float,
+               walls: bool = False) -> torch.Tensor:  # fmt: skip
     """What the camera really sees at the last ``frames`` waypoints of every candidate: (N, F, 3, H, W)
     in [0, 1], JPEG-compressed as the dataset's frames are. pose: world (x, y, yaw) at t; wps (N, K, 3)
-    in spacing units, robot frame at t."""
-    local = wps[:, -frames:].astype(np.float64) * [spacing, spacing, 1.0]  # (N, F, 3) metres
+    in spacing units, robot frame at t. walls: the robot stops at the first wall it meets
+    (:func:`stop_at_walls`); otherwise the camera is put at every waypoint, walls or not."""
+    local = wps.astype(np.float64) * [spacing, spacing, 1.0]  # (N, K, 3) metres
     world = se2_compose(np.broadcast_to(pose, local.shape), local)
+    world = (stop_at_walls(sim, pose, world) if walls else world)[:, -frames:]
     out = np.empty((*world.shape[:2], sim.image_size, sim.image_size, 3), np.uint8)
     for n, f in np.ndindex(*world.shape[:2]):
         ok, jpg = cv2.imencode(".jpg", sim.render(world[n, f])[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 import envs  # noqa: F401  (registers the env)
 from eval.ate_rpe import METHOD_NAMES, check_resume, cost_terms_protocol, table_labels
+from eval.perfect import TrueViewPlanner
 from nav_come.core.checkpoint import CheckpointError
 from nav_come.core.data import data_config
 from nav_come.core.io import atomic_write_text
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan every K steps and track the plan in between (chosen on val worlds)")
     p.add_argument("--device", default="cpu")
     add_plan_args(p)
+    p.add_argument("--true-views", action="store_true",
+                   help="world-model methods score the views the simulator renders at their candidates' waypoints "
+                        "instead of imagined ones: a perfect world model (eval/perfect.py)")
     p.add_argument("--qp", default="cvxpy", choices=["cvxpy", "numpy"],
                    help="solver of the tracking QP (numpy: the same QP without cvxpy, planners/mpc.py)")
     p.add_argument("--json", type=Path)
@@ -183,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "precision": resolve(args.precision, args.device),
                                        "search": [config.search, config.proposals_nomad, config.proposals_gnm,
                                                   config.prior_draws, config.refine, config.seeded_iterations],
-                                       "ckpt_content": checkpoints_fingerprint(args.ckpt)})  # fmt: skip
+                                       "ckpt_content": checkpoints_fingerprint(args.ckpt),
+                                       **({"true_views": True} if args.true_views else {})})  # fmt: skip
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         elif not kept or not all(path.is_file() for path in kept.values()):  # some episode left to run
             try:
                 planner = load_method(METHOD_NAMES[m], args.ckpt, args.device, config)
+                if args.true_views and hasattr(planner, "world_model"):
+                    planner = TrueViewPlanner(planner, lambda: env.sim, env.robot.spacing)
             except (MethodUnavailable, CheckpointError) as err:
                 print(f"skipped {m}: {err}")
                 continue
@@ -234,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "worlds": args.worlds, "replan_every": args.replan_every,
                                                  "first_episode": args.first_episode, "max_steps": args.max_steps,
                                                  "qp": args.qp, "precision": resolve(args.precision, args.device),
-                                                 **progress, "episodes": records}, indent=2))
+                                                 **progress, **({"true_views": True} if args.true_views else {}),
+                                                 "episodes": records}, indent=2))
     return 0
 
 

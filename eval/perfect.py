@@ -6,8 +6,9 @@
 For each ``navigation_eval`` sample, NWM's planner (the default search and cost, or the
 planning flags given) plans twice from the same policy proposals: once scoring its own
 imagined rollouts (exactly NWM's row of ``eval/ate_rpe.py`` with the same seed) and once
-scoring the views the simulator renders at every waypoint of every candidate, encoded by the
-same autoencoder (a perfect world model). The same cost reads both, so the gap between the
+scoring the views the simulator renders along every candidate, encoded by the same autoencoder
+(a perfect world model: the robot stops at the first wall a candidate drives into, and every
+later view is the one from there, :func:`eval.costs.stop_at_walls`). The same cost reads both, so the gap between the
 two rows is the imagination's, and what stays between the true-view row and the best
 candidate is the cost's and the search's.
 
@@ -41,6 +42,7 @@ from nav_come.core.precision import resolve
 from planners import cem
 from planners.config import add_plan_args, plan_config_from_args
 from planners.methods import load_method
+from planners.planner import PlanResult
 
 ROWS = {
     "imagined": "NWM planner, imagined views",
@@ -57,10 +59,35 @@ def view_latents(planner, sim, pose: np.ndarray, spacing: float):
 
     def imagine(deltas: torch.Tensor) -> torch.Tensor:
         wps = waypoints_from_actions(deltas.float().cpu()).numpy()  # (N, H, 3) spacing units, robot frame
-        views = true_views(sim, pose, wps, wps.shape[1], spacing)  # (N, H, 3, h, w)
+        views = true_views(sim, pose, wps, wps.shape[1], spacing, walls=True)  # (N, H, 3, h, w)
         return wm.encode(views.to(wm.device))
 
     return imagine
+
+
+class TrueViewPlanner:
+    """A world-model planner that, in closed loop, scores the views the simulator renders at its
+    candidates' waypoints instead of its imagined rollouts: the same search and cost with a
+    perfect world model (``eval/navigate.py --true-views``). ``sim()`` gives the live simulator;
+    each plan starts from its robot's pose. Everything else is the wrapped planner's."""
+
+    def __init__(self, planner, sim, spacing: float):
+        if getattr(planner, "seeded", None) is None:
+            raise ValueError("--true-views plans with the seeded search of a world-model method (NWM, CoME, ...)")
+        self.planner, self.sim, self.spacing = planner, sim, spacing
+
+    def __getattr__(self, name: str):
+        return getattr(self.planner, name)
+
+    @torch.no_grad()
+    def __call__(self, context: torch.Tensor, goal: torch.Tensor, generator: torch.Generator | None = None,
+                 warm_start=None, imagine: bool = False) -> PlanResult:  # fmt: skip
+        p, sim = self.planner, self.sim()
+        proposals = p.proposer(context, goal, generator)
+        start, note = p.start(context)
+        cost = p.cost(start, goal, generator, imagine=view_latents(p, sim, sim.pose, self.spacing))
+        res = cem.seeded_plan(cost, proposals, p.seeded, generator)
+        return PlanResult(res.waypoints, res.cost, f"{p.cost_name}, on true views", note=note)
 
 
 @torch.no_grad()

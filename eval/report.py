@@ -92,6 +92,16 @@ def precision_bench_plan(results: Path) -> str:
     return "\n".join(lines)
 
 
+def bench_seeded(results: Path, name: str = "precision/bench_plan_seeded_native.json") -> str:
+    """``eval.bench plan --search seeded``: seconds per plan of each method at each rollout count."""
+    lines = ["| method | rollouts | precision | s/plan | × NWM | forwards/plan (one per branch) | largest batch |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in _load(results, name)["rows"]:
+        lines.append(f"| {r['method']} | {r['rollouts']} | {r['precision']} | {r['s_per_plan']:.2f} | "
+                     f"{r['vs_nwm']:.2f} | {r['forwards_per_plan']} ({r['forwards_unbatched']}) | {r['batch']} |")
+    return "\n".join(lines)
+
+
 SEEDED_VAL = (("val40_paper.json", None),
               ("val40_seeded.json", "seeded: 16 NoMaD + 8 GNM + 32 prior draws, 2 iterations"),
               ("val40_seeded_it1.json", "seeded: the same, 1 iteration (ranks the first population)"),
@@ -253,11 +263,13 @@ RUN_LABELS = {"navigate_val/nwm20_walls.json": "wall-aware base"}  # runs with o
 
 
 def _navigate_label(method: str, report: dict) -> str:
-    """A closed-loop row's method, with the goal-progress term when the run had it on (and its
-    checkpoint when it is not the shipped one, ``RUN_LABELS``)."""
+    """A closed-loop row's method, with the goal-progress and route terms when the run had them on,
+    "on true views" for a perfect world model (``--true-views``), and its checkpoint when it is not
+    the shipped one (``RUN_LABELS``)."""
     progress, route = report.get("progress"), report.get("route_weight")
     label = f"{method} + progress {progress['weight']:g} ({progress['reduce']})" if progress else method
     label = f"{label} + route {route:g}" if route else label
+    label = f"{label} on true views" if report.get("true_views") else label
     return f"{label} ({report['run_label']})" if report.get("run_label") else label
 
 
@@ -436,6 +448,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
                                                           [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"),
                                                            ("CoME", "NoMaD")]),
     "outdoor-test": outdoor_test,
+    "bench-seeded": bench_seeded,
     "perfect-val": lambda results: perfect_table(results, "perfect/val40.json"),
     "perfect-val-paired": lambda results: perfect_paired(results, "perfect/val40.json"),
     "outdoor-predict": lambda results: prediction(results, "prediction/outdoor.json"),

@@ -49,3 +49,23 @@ def test_data_not_from_the_simulator_is_one_line(tmp_path, capsys):
     code = perfect.main(["--data", str(tmp_path / "data"), "--ckpt", str(tmp_path / "ckpt"), "--n-samples", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "envs.collect" in err
+
+
+def test_a_perfect_world_model_stops_at_the_first_wall():
+    """Waypoints beyond a wall are seen from where the robot stopped; free ones are seen where they are."""
+    import numpy as np
+    from test_envs import _facing_wall
+
+    from envs.sim import Simulator
+    from eval.costs import stop_at_walls
+
+    sim = Simulator(("maze", 3), 16)
+    start, wall = _facing_wall(sim)
+    ahead = start + np.arange(1, 9)[:, None] * [0.25, 0.0, 0.0]  # 2 m towards a wall 1 m away
+    back = start - np.arange(1, 9)[:, None] * [0.02, 0.0, 0.0]  # 16 cm back: free
+    sim.set_pose(start + [0.1, 0.0, 0.0])
+    robot = sim.pose
+    out = stop_at_walls(sim, start, np.stack([ahead, back]))
+    stop = int(np.argmax(ahead[:, 0] >= wall.x - wall.a))  # the first waypoint at or past the wall's face
+    assert 0 < stop < 8 and np.allclose(out[0, :stop], ahead[:stop]) and (out[0, stop:] == ahead[stop - 1]).all()
+    assert np.array_equal(out[1], back) and np.allclose(sim.pose, robot)  # the robot is put back

@@ -282,6 +282,24 @@ def test_navigate_runs_closed_loop_episodes(tiny_ckpt, tmp_path):
 
 
 
+def test_navigate_with_a_perfect_world_model(tiny_ckpt, tmp_path, capsys):
+    """--true-views: the world-model planner scores the simulator's views; the run says so, and a
+    search it cannot wrap is one line."""
+    from eval import navigate
+
+    out = tmp_path / "nav.json"
+    common = ["--methods", "NWM", "--ckpt", str(tiny_ckpt), "--episodes", "1", "--max-steps", "3", "--image-size",
+              str(SIZE), "--rollouts", "1", "--proposals-nomad", "2", "--proposals-gnm", "2", "--refine", "2",
+              "--true-views", "--replan-every", "1"]  # fmt: skip
+    assert navigate.main([*common, "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["true_views"] is True and got["rows"][0]["episodes"] == 1
+    assert got["episodes"]["NWM"][0]["decisions"] == got["episodes"]["NWM"][0]["steps"]  # a plan every step
+    capsys.readouterr()
+    assert navigate.main([*common, "--search", "paper"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "seeded" in err
+
 def test_navigate_slices_resume_into_the_same_table(tiny_ckpt, tmp_path):
     """Episodes split over two --first-episode runs into one --resume folder gather into the rows
     of one run over all of them; a finished folder is read back without planning anything."""
