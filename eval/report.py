@@ -295,6 +295,11 @@ ROUTE_TEST = NAVIGATE_TEST + ["navigate/test40_route.json", "navigate/test40_nom
 ROUTE_TEST_PAIRS = [("NWM + route 0.3@8", "NWM@8"), ("NWM + route 0.3@8", "GNM@1"), ("NWM + route 0.3@8", "NoMaD@1"),
                     ("NoMaD + route 0.3@1", "NoMaD@1"), ("NWM + route 0.3@8", "NoMaD + route 0.3@1")]
 
+PERFECT_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_true_views.json",
+                "navigate/test40_nomad_route_k1.json"]
+PERFECT_TEST_PAIRS = [("NWM on true views@8", "NWM@8"), ("NWM on true views@8", "GNM@1"),
+                      ("NWM on true views@8", "NoMaD@1"), ("NWM on true views@8", "NoMaD + route 0.3@1")]
+
 
 def navigate_table(results: Path, names: list[str]) -> str:
     """``eval/navigate.py`` JSONs: one row per method and JSON, with its replanning interval."""
@@ -449,6 +454,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
                                                            ("CoME", "NoMaD")]),
     "outdoor-test": outdoor_test,
     "bench-seeded": bench_seeded,
+    "navigate-test-perfect": lambda results: navigate_table(results, PERFECT_TEST),
+    "navigate-test-perfect-paired": lambda results: paired_success(results, PERFECT_TEST, PERFECT_TEST_PAIRS),
     "perfect-val": lambda results: perfect_table(results, "perfect/val40.json"),
     "perfect-val-paired": lambda results: perfect_paired(results, "perfect/val40.json"),
     "outdoor-predict": lambda results: prediction(results, "prediction/outdoor.json"),
