@@ -106,7 +106,8 @@ SEEDED_VAL = (("val40_paper.json", None),
               ("val40_seeded.json", "seeded: 16 NoMaD + 8 GNM + 32 prior draws, 2 iterations"),
               ("val40_seeded_it1.json", "seeded: the same, 1 iteration (ranks the first population)"),
               ("val40_seeded_noprior.json", "seeded: 16 NoMaD + 8 GNM, 2 iterations (chosen)"),
-              ("val40_come_seeded.json", "seeded: the chosen settings"))  # fmt: skip
+              ("val40_come_seeded.json", "seeded: the chosen settings"),
+              ("val40_come_r1.json", "seeded: the chosen settings, 1 rollout per candidate"))  # fmt: skip
 
 
 def seeded_val(results: Path) -> str:
