@@ -54,7 +54,8 @@ ROWS = {
 
 def view_latents(planner, sim, pose: np.ndarray, spacing: float):
     """The imagination of a perfect world model: per-step deltas (N, H, 3) -> latents (N, H, c, h, w)
-    of the views the simulator renders at every waypoint, from the world pose ``pose`` at t."""
+    of the views the simulator renders at every waypoint from the world pose ``pose`` at t, the robot
+    stopping at the first wall it meets (:func:`eval.costs.stop_at_walls`)."""
     wm = planner.world_model
 
     def imagine(deltas: torch.Tensor) -> torch.Tensor:
@@ -66,8 +67,8 @@ def view_latents(planner, sim, pose: np.ndarray, spacing: float):
 
 
 class TrueViewPlanner:
-    """A world-model planner that, in closed loop, scores the views the simulator renders at its
-    candidates' waypoints instead of its imagined rollouts: the same search and cost with a
+    """A world-model planner that, in closed loop, scores the views the simulator renders along its
+    candidates (:func:`view_latents`) instead of its imagined rollouts: the same search and cost with a
     perfect world model (``eval/navigate.py --true-views``). ``sim()`` gives the live simulator;
     each plan starts from its robot's pose. Everything else is the wrapped planner's."""
 
