@@ -473,7 +473,7 @@ def set_steps(planner, steps: int) -> None:
     planner.world_model.sampler_steps = steps
     if (composed := getattr(planner, "denoiser", None)) is not None:
         alphas = default_alphas(steps)
-        composed.alphas = {n: alphas[n] for n in composed.experts}
+        composed.alphas = {n: alphas.get(n, 1.0) for n in composed.experts}
 
 
 def bench_row(planner, episode: dict, steps: int, plans: int, unbatched: bool = False) -> dict:

@@ -25,7 +25,8 @@ Rows (``ROWS``): "+X" is the base composed with expert X, "CoME" the base with t
 CoME experts (``planners.config.REGISTRY["come"]``), all contrastive with the given alphas
 (base 1) and the relevance weights (``planners.config.relevance_weights``); "CoME (fixed α)"
 the same without relevance weights, "CoME (no contrast)" the plain product.
-Sliding (the STM network), "SLTM alone", SSM and Full are those networks alone. ``copy_nearest`` (naive
+Sliding (the STM network), "SLTM alone", SSM, Full and "CoME (student)" (CoME distilled into one
+network, :mod:`planners.student`) are those networks alone. ``copy_nearest`` (naive
 recall, docs/design.md §5) predicts the frame older than the context nearest each target pose (the
 SLTM's retrieval rule; the newest context frame where none is near). A row whose expert
 checkpoint is missing is skipped, with the reason.
@@ -72,11 +73,12 @@ ROWS: dict[str, tuple[tuple[str, ...], bool, bool]] = {  # row -> (experts, cont
     "CoME (no contrast)": (COME, False, False),
     "Sliding": (("stm",), True, False),
     "SLTM alone": (("sltm",), True, False),
+    "CoME (student)": (("student",), True, False),
     "SSM": (("ssm",), True, False),
     "Full": (("full",), True, False),
 }
 COPY_NEAREST = "copy_nearest"
-EXPERTS = ("stm", "ltm", "sltm", "ssm", "full")
+EXPERTS = ("stm", "ltm", "sltm", "ssm", "full", "student")
 RECENT = 32  # frames: a revisit target revisits a memory frame older than the newest RECENT
 REVISIT_METRES, REVISIT_YAW = 0.5, np.radians(30)  # how near a revisited view is (as training's revisit_mask)
 FIGURE_SEQS = 3  # sequences shown in the figure

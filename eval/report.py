@@ -254,6 +254,8 @@ def outdoor_test(results: Path) -> str:
     return ate_table(results, "planning_outdoor/test100_seeded.json")
 
 
+COME_SEEDS = ["planning_test/come_seeded", "planning_test/come_seeded_s1", "planning_test/come_seeded_s2"]
+COME_PAIRS = [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"), ("CoME", "NoMaD")]
 NAVIGATE_TEST = ["navigate/test40_policies_k1.json", "navigate/test40_policies_k4.json", "navigate/test40.json"]
 OUTDOOR_NAVIGATE = [f"navigate/outdoor_test40_policies_k{k}.json" for k in (1, 4, 8)] + ["navigate/outdoor_test40.json"]
 NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), ("NWM@8", "GNM@8"),
@@ -453,6 +455,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "seeded-test-come-paired": lambda results: paired_ate(results, "planning_test/come_seeded",
                                                           [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"),
                                                            ("CoME", "NoMaD")]),
+    "seeded-test-come-seeds": lambda results: seeds_table(results, COME_SEEDS, ["GNM", "NoMaD", "NWM", "CoME"]),
+    "seeded-test-come-seeds-paired": lambda results: paired_seeds(results, COME_SEEDS, COME_PAIRS),
     "outdoor-test": outdoor_test,
     "bench-seeded": bench_seeded,
     "navigate-test-perfect": lambda results: navigate_table(results, PERFECT_TEST),

@@ -52,7 +52,8 @@ class Method:
     row in the tables (``eval/ate_rpe.py --methods``); kind: "cem" (a world model searched with
     CEM), "policy" or "ranking" (the world model ranks a policy's samples); experts: the memory
     experts composed with the base; table: a default row of ``eval/ate_rpe.py``; search: the search
-    a "cem" method always uses (None: ``PlanConfig.search``)."""
+    a "cem" method always uses (None: ``PlanConfig.search``); base: the base expert joins the
+    composition (False: the experts alone, as the distilled CoME student)."""
 
     key: str
     label: str
@@ -60,6 +61,7 @@ class Method:
     experts: tuple[str, ...] = ()
     table: bool = True
     search: str | None = None
+    base: bool = True
 
 
 # CoME's memory experts. The STM is left out: on the validation worlds it lowered every composition it
@@ -71,6 +73,7 @@ REGISTRY = {m.key: m for m in (
     Method("nwm", "NWM", "cem"),
     Method("nwm-paper", "NWM (paper protocol)", "cem", search="paper"),
     Method("come", "CoME", "cem", COME_EXPERTS),
+    Method("come-student", "CoME (student)", "cem", ("student",), table=False, base=False),  # planners.student
     Method("nwm+stm", "NWM+STM", "cem", ("stm",)),
     Method("nwm+ltm", "NWM+LTM", "cem", ("ltm",)),
     Method("nomad+nwm", "NoMaD+NWM", "ranking", table=False),

@@ -247,7 +247,7 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
 
     layout.need(BASE_DIR)
     alphas = config.resolved_alphas()
-    names = tuple(n for n in m.experts if alphas[n] != 0)  # alpha 0 leaves an expert out
+    names = tuple(n for n in m.experts if alphas.get(n, 1.0) != 0)  # alpha 0 leaves an expert out
     for expert in names:
         if expert != "ltm":
             layout.need(expert, f"{m.label}'s {expert.upper()} expert")
@@ -274,8 +274,11 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
     if not names:
         return WorldModelPlanner(wm, cem_config, distance, config.rollouts, **penalties)
     experts = memory_experts(experts_dir, names, wm, device)
+    if not m.base:
+        experts.pop("base")
     weights = {n: w for n, w in relevance_weights(config.resolved_relevance()).items() if n in experts}
-    composed = ComposedDenoiser(experts, {n: alphas[n] for n in experts}, weights or None, normalise=DEFAULT_NORMALISE,
+    coefficients = {n: alphas.get(n, 1.0) for n in experts}
+    composed = ComposedDenoiser(experts, coefficients, weights or None, normalise=DEFAULT_NORMALISE,
                                 schedule=wm.schedule, bf16=wm.bf16,
                                 max_batch=CPU_MAX_BATCH if torch.device(device).type == "cpu" else None)  # fmt: skip
     spacing = config.spacing or expert_spacing(layout.root, names) or METRIC_WAYPOINT_SPACING["nav_come_sim"]

@@ -1,6 +1,7 @@
 """The planner seams: one registry, one config, one checkpoint layout, one planner contract."""
 
 import argparse
+import shutil
 
 import pytest
 import torch
@@ -17,11 +18,13 @@ from planners.policy_common import builtin_policies
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A tiny world model with STM and SLTM experts, the LTM's settings, a GNM and a NoMaD."""
+    """A tiny world model with STM and SLTM experts, the LTM's settings, a GNM and a NoMaD, and the
+    SLTM again as a CoME student."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("seams")
     memory_data(root / "data")
     tiny_memory_ckpt(root / "ckpt", experts=("stm", "sltm"))
+    shutil.copytree(root / "ckpt" / "sltm", root / "ckpt" / "student")
     for name, policy in builtin_policies().items():
         torch.manual_seed(0)
         policy(policy.make_config("tiny")).save(root / "ckpt" / name)

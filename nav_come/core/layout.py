@@ -11,6 +11,7 @@ simulator world; :func:`pick_checkpoint` chooses the one that matches a dataset)
     <root>/gnm/ <root>/nomad/          the policies (planners.train_policy)
     <root>/pose/ <root>/collision/     planning heads (planners.pose_distance, planners.collision,
     <root>/progress/                   planners.progress)
+    <root>/student/                    CoME distilled into one network (planners.student)
     <root>/distilled/<k>step/<part>/   networks distilled for k DDIM steps (nav_come.distill)
 
 Every part is a :mod:`nav_come.core.checkpoint` folder (``model.safetensors`` + ``config.json``).
@@ -31,7 +32,7 @@ POLICIES = ("gnm", "nomad")
 LABELS = {"ae": "autoencoder", "base": "world model", "stm": "STM expert", "sltm": "SLTM expert",
           "ssm": "SSM baseline", "full": "Full baseline", "gnm": "GNM", "nomad": "NoMaD",
           "pose": "pose head (the pose distance's)", "collision": "collision head",
-          "progress": "goal-progress head"}  # fmt: skip
+          "progress": "goal-progress head", "student": "CoME student"}  # fmt: skip
 
 
 SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -60,6 +61,8 @@ def train_command(root: str | os.PathLike, part: str, steps: int | None = None,
         return f"python -m planners.pose_distance --data DATA --ckpt {root} --out {root / part}"
     if part == "progress":
         return f"python -m planners.progress --data DATA --ckpt {root} --out {root / part}"
+    if part == "student":
+        return f"python -m planners.student --ckpt {root} --data DATA --out {root}"
     if part == "collision":
         return f"python -m planners.collision --data DATA --ckpt {root} --out {root / part}"
     raise ValueError(f"unknown checkpoint part {part!r}")
@@ -99,7 +102,7 @@ class CheckpointLayout:
         return folder
 
 
-OPT_IN = ("progress",)  # parts read only when a run turns them on; such a run records their hash itself
+OPT_IN = ("progress", "student")  # parts read only when a run turns them on; such a run records their hash itself
 
 
 def checkpoints_fingerprint(root: str | os.PathLike) -> str:
