@@ -3,7 +3,9 @@
 ``--history DIR`` is the episode so far, a RECON-format trajectory folder (frames and
 poses; ``--until T`` stops it at frame T): a memory method such as CoME memorises it and
 recalls from it, and its last frames are the context. With a history the method defaults
-to CoME, and NWM plans too for comparison; ``examples/episode`` is the shipped example's.
+to CoME (its one-network student where the checkpoint has one, ``--method come`` for the
+composed experts), and NWM plans too for comparison; ``examples/episode`` is the shipped
+example's.
 Otherwise the context (the robot's last frames, oldest first) comes from ``--context``;
 without it, the shipped example context of the world is used (``examples/`` for
 the maze, ``examples/outdoor/`` for ``--world outdoor``). ``--world`` also picks
@@ -68,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--goal", required=True, help="goal image (PNG/JPEG, RGB)")
     p.add_argument("--context", nargs="+", help="context images, oldest first (default: examples/context_*.png)")
     p.add_argument("--method", help=f"{' | '.join(METHODS)} (nomad+: the world model ranks NoMaD's samples; "
-                   "default: come with --history, else nwm)")
+                   "default: come-student (else come) with --history, else nwm)")
     p.add_argument("--history", help="RECON-format trajectory folder of the episode so far (frames, traj_data.pkl)")
     p.add_argument("--until", type=int, help="--history: the last frame observed (default: its last)")
     p.add_argument("--world", choices=WORLDS, help="simulator world: its shipped checkpoint and example (default maze)")
@@ -145,15 +147,25 @@ def example_truth(args, examples: Path, history_end: int | None) -> list | None:
     return example["true_waypoints"]
 
 
+def default_method(ckpt: Path, history: bool) -> str:
+    """NWM without a history; with one, CoME's one-network student where the checkpoint folder has
+    it (it plans as well as the composition at NWM's cost, docs/results.md), else CoME composed."""
+    from nav_come.core.layout import CheckpointLayout
+
+    if not history:
+        return "nwm"
+    return "come-student" if CheckpointLayout(ckpt).has("student") else "come"
+
+
 def run(args) -> dict:
     from nav_come.core.data.config import data_config
     from nav_come.core.layout import checkpoint_world, pick_checkpoint
     from planners.config import plan_config_from_args
     from planners.methods import load_method
 
-    method = (args.method or ("come" if args.history else "nwm")).lower()
     config = plan_config_from_args(args, data_config("nav_come_sim"))  # the shipped models' data: its CEM prior
     ckpt = pick_checkpoint(args.ckpt, world=args.world)
+    method = (args.method or default_method(ckpt, args.history is not None)).lower()
     planner = load_method(method, ckpt, args.device, config)
     size, n_ctx = planner.image_size, planner.context_frames
     examples = example_folder(args.world or checkpoint_world(ckpt) or "maze")

@@ -121,6 +121,39 @@ def seeded_val(results: Path) -> str:
     return "\n".join(lines)
 
 
+STUDENT_VAL = (("val40_come_seeded.json", None, 3), ("val40_come_r1.json", "come_r1/CoME", 1),
+               ("val40_come_student.json", "come_student/CoME (student)", 3),
+               ("val40_come_student_r1.json", "come_student_r1/CoME (student)", 1))  # fmt: skip
+
+
+def student_val(results: Path) -> str:
+    """CoME composed and its one-network student on validation worlds, at 3 and 1 rollouts."""
+    lines = ["| method | rollouts | ATE | RPE | ATE (m) | s/plan | n |", "|---|---|---|---|---|---|---|"]
+    for name, _, rollouts in STUDENT_VAL:
+        for r in _load(results, f"planning_val/{name}")["rows"]:
+            lines.append(f"| {r['method']} | {rollouts} | {r['ate']:.3f} | {r['rpe']:.3f} | {r['ate_m']:.3f} | "
+                         f"{r['s_per_plan']:.1f} | {r['n']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def student_val_paired(results: Path) -> str:
+    """Paired ATE differences on the 40 validation samples: the student and CoME against seeded NWM
+    (its per-sample plans are ``eval/perfect.py``'s imagined row) and against each other."""
+    from eval.paired import records
+
+    nwm = dict(enumerate(next(r for r in _load(results, "perfect/val40.json")["rows"]
+                              if r["key"] == "imagined")["per_sample_ate"]))  # fmt: skip
+    runs = {f"{folder.split('/')[1]}, {k} rollout{'s' * (k > 1)}": {i: e[:, 0].mean() for i, e in
+            records(results / "planning_val" / folder).items()} for _, folder, k in STUDENT_VAL if folder}  # fmt: skip
+    pairs = [(a, "NWM") for a in runs] + [("CoME (student), 1 rollout", "CoME, 1 rollout")]
+    lines = ["| difference | ATE | samples |", "|---|---|---|"]
+    for a, b in pairs:
+        ours, theirs = runs[a], runs[b] if b in runs else nwm
+        d = np.array([ours[i] - theirs[i] for i in sorted(ours.keys() & theirs.keys())])
+        lines.append(f"| {a} − {b} | {d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} | {len(d)} |")
+    return "\n".join(lines)
+
+
 def ate_table(results: Path, name: str) -> str:
     """An ``eval/ate_rpe.py`` JSON's rows with their search (mean ± std over seeds)."""
     lines = ["| method | search | ATE | RPE | ATE (m) | RPE (m) | samples × seeds | s/plan | in wall |",
@@ -458,6 +491,10 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "seeded-test-come-seeds": lambda results: seeds_table(results, COME_SEEDS, ["GNM", "NoMaD", "NWM", "CoME"]),
     "seeded-test-come-seeds-paired": lambda results: paired_seeds(results, COME_SEEDS, COME_PAIRS),
     "outdoor-test": outdoor_test,
+    "student-val": student_val,
+    "student-val-paired": student_val_paired,
+    "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
+    "bench-student": lambda results: bench_seeded(results, "precision/bench_plan_student.json"),
     "bench-seeded": bench_seeded,
     "navigate-test-perfect": lambda results: navigate_table(results, PERFECT_TEST),
     "navigate-test-perfect-paired": lambda results: paired_success(results, PERFECT_TEST, PERFECT_TEST_PAIRS),

@@ -1,6 +1,7 @@
 """plan.py --history: a memory method memorises the episode so far and plans beside NWM."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -35,6 +36,17 @@ def test_a_history_makes_come_the_default_and_plans_nwm_beside_it(setup, tmp_pat
     assert got["compare"]["cost"] != got["cost"]  # the memory changed the imagined rollouts
     rc, until = plan_json(setup, tmp_path, "--history", str(setup / "episode"), "--until", "19")
     assert rc == 0 and until["history_frames"] == 20 and until["cost"] != got["cost"]
+
+
+def test_a_student_beside_the_experts_is_the_default_with_a_history(setup, tmp_path):
+    student = tmp_path / "ckpt"
+    shutil.copytree(setup / "ckpt", student)
+    shutil.copytree(student / "sltm", student / "student")  # an SLTM-shaped network plans alone as the student
+    out = tmp_path / "plan.json"
+    rc = plan.main(["--goal", GOAL, "--ckpt", str(student), *FAST, "--json", str(out), "--figure",
+                    str(tmp_path / "plan.png"), "--history", str(setup / "episode")])  # fmt: skip
+    got = json.loads(out.read_text())
+    assert rc == 0 and got["method"] == "come-student" and got["compare"]["method"] == "nwm"
 
 
 def test_without_a_history_nwm_plans_alone(setup, tmp_path):

@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "data" / "shipped_plans.json"
-METHODS = ("nwm", "come", "nwm+stm", "nwm+ltm", "nomad+nwm", "nomad+come", "gnm", "nomad")
+METHODS = ("nwm", "come", "come-student", "nwm+stm", "nwm+ltm", "nomad+nwm", "nomad+come", "gnm", "nomad")
 SETTINGS = {"candidates": 24, "top_k": 4, "rollouts": 2, "precision": "fp32", "seed": 0, "search": "paper"}
 
 
@@ -54,7 +54,7 @@ def golden() -> dict:
     return json.loads(GOLDEN.read_text())
 
 
-@pytest.mark.parametrize("group", [("nwm", "nomad+nwm", "gnm", "nomad"), ("come", "nomad+come"),
+@pytest.mark.parametrize("group", [("nwm", "nomad+nwm", "gnm", "nomad"), ("come", "come-student", "nomad+come"),
                                    ("nwm+stm", "nwm+ltm")])  # fmt: skip
 def test_the_shipped_checkpoints_plan_as_recorded(golden, group):
     assert golden["settings"] == SETTINGS
