@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -60,6 +61,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory")
     memory_data(root / "data")
     tiny_memory_ckpt(root / "ckpt")
+    shutil.copytree(root / "ckpt" / "sltm", root / "ckpt" / "student")  # an SLTM-shaped network as the student
     tiny_memory_ckpt(root / "bare", experts=(), ltm=False)
     return root
 
