@@ -506,6 +506,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "memory-stm-val": lambda results: memory_ablation(results, "memory_val/old_sltm_ltm_relevance.json"),
     "memory-final-val": lambda results: memory_ablation(results, "memory_val/final_sltm.json"),
     "memory-test": lambda results: memory_ablation(results, "memory/maze_test.json"),
+    "memory-outdoor": lambda results: memory_ablation(results, "memory/outdoor_test12.json"),
     "navigate-val": lambda results: navigate_table(results, [f"navigate_val/policies_k{k}.json" for k in (1, 2, 4, 8)]
                                                    + [f"navigate_val/nwm_k{k}.json" for k in (4, 8)]),
     "navigate-val-policies": lambda results: navigate_table(results, [f"navigate_val/policies20_k{k}.json"
