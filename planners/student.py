@@ -1,6 +1,6 @@
 """Distil CoME's composition into one student network: CoME at the cost of one network.
 
-    python -m planners.student --ckpt checkpoints/maze --data data/maze --out runs/student --steps 3000 --threads 1
+    python -m planners.student --ckpt checkpoints/maze --data data/maze --out runs/student --threads 1
 
 **Teacher**: the composition CoME samples with, minus the LTM: the base and the spatial
 expert (SLTM), normalised, α = 1, the SLTM's relevance weight over the band of
@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps in total")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget of this run")
     p.add_argument("--batch-size", type=int, default=32, help="batch per process")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--lr", type=float, default=1e-5,
+                   help="AdamW learning rate (the student starts a small step from its teacher: at 1e-4 it moved away)")
     p.add_argument("--revisit-weight", type=float, help="sampling weight of revisit targets (default: the SLTM's)")
     add_run_args(p)
     return p
