@@ -494,6 +494,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "student-val": student_val,
     "student-val-paired": student_val_paired,
     "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
+    "memory-student-test": lambda results: memory_ablation(results, "memory/maze_test_student.json"),
     "bench-student": lambda results: bench_seeded(results, "precision/bench_plan_student.json"),
     "bench-seeded": bench_seeded,
     "navigate-test-perfect": lambda results: navigate_table(results, PERFECT_TEST),
