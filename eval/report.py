@@ -228,6 +228,19 @@ def _paired_line(a: str, b: str, d: dict) -> str:
     return f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | {d['n']} |"
 
 
+def student_test_paired(results: Path) -> str:
+    """The CoME student's 3 test seeds (one run) paired with the composed CoME, NWM and GNM of
+    ``COME_SEEDS`` (three runs, one seed each), each sample's error averaged over its seeds."""
+    from eval.paired import merged, paired
+
+    student = merged([results / "planning_test/come_student/CoME (student)"])
+    lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
+    for other in ("CoME", "NWM", "GNM"):
+        d = paired(student, merged([results / f / other for f in COME_SEEDS]))
+        lines.append(_paired_line("CoME (student)", other, d))
+    return "\n".join(lines)
+
+
 PERFECT_PAIRS = [("true", "imagined"), ("true", "gnm"), ("imagined", "gnm"), ("true", "oracle")]
 PERFECT_SHORT = {"imagined": "imagined views", "true": "true views", "gnm": "GNM", "oracle": "oracle"}
 
@@ -494,6 +507,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "student-val": student_val,
     "student-val-paired": student_val_paired,
     "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
+    "student-test": lambda results: seeds_table(results, ["planning_test/come_student"], ["CoME (student)"]),
+    "student-test-paired": student_test_paired,
     "memory-student-test": lambda results: memory_ablation(results, "memory/maze_test_student.json"),
     "bench-student": lambda results: bench_seeded(results, "precision/bench_plan_student.json"),
     "bench-seeded": bench_seeded,
