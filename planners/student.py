@@ -59,7 +59,7 @@ from nav_come.core.train_loop import (
 from nav_come.diffusion import COSINE, CosineSchedule, rand, randn
 from nav_come.experts import BaseExpert, SpatialExpert, load_expert, save_expert
 from nav_come.experts.common import Condition
-from nav_come.train_expert import load_training_data
+from nav_come.train_expert import draw_batch, load_training_data
 from planners.config import DEFAULT_NORMALISE, DEFAULT_RELEVANCE, RELEVANCE_NEAR_FAR, relevance_weights
 
 NAME = "student"
@@ -79,19 +79,8 @@ def teacher(base: torch.nn.Module, sltm: SpatialExpert, schedule: CosineSchedule
     return ComposedDenoiser(experts, 1.0, weights or None, normalise=DEFAULT_NORMALISE, schedule=schedule, bf16=bf16)
 
 
-def draw(sltm: SpatialExpert, windows, store, batch_size: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-    """Training windows with the SLTM's retrieval for their targets, and the nearest retrieval's
-    distance (what the relevance weight reads)."""
-    items, shift = windows.sample_items(batch_size, g)  # (B,), (B,)
-    batch = windows.gather(items, shift)
-    newest = windows.index[items]  # (B,) global index of the newest context frame
-    found = sltm.memory_inputs(store, store.poses[newest + shift], newest - sltm.context, store.episode_of(newest))
-    return {**batch, "extra_frames": found["extra_frames"], "extra_cond": found["extra_cond"],
-            "distance": found["distance"][:, 0]}  # fmt: skip
-
-
 def conditions(batch: dict[str, torch.Tensor]) -> dict[str, Condition]:
-    """The teacher's per-expert conditions for a batch of :func:`draw`."""
+    """The teacher's per-expert conditions for an SLTM training batch (``train_expert.draw_batch``)."""
     query = {k: batch[k] for k in ("context", "action", "shift")}
     memory = {**query, "extra_frames": batch["extra_frames"], "extra_cond": batch["extra_cond"]}
     return {"base": Condition(query), "sltm": Condition(memory, {"distance": batch["distance"]})}
@@ -161,7 +150,7 @@ def prepare(args: argparse.Namespace, dist):
     meta = _metadata(args, dist, spacing, base_meta.get("schedule")) | {"val_split": data["val_split"]}
 
     def batch_of(split: str, g: torch.Generator) -> dict[str, torch.Tensor]:
-        return {k: v.to(dist.device) for k, v in draw(sltm, *data[split], loop.batch_size, g).items()}
+        return {k: v.to(dist.device) for k, v in draw_batch(sltm, *data[split], loop.batch_size, g).items()}
 
     def loss_fn(model: SpatialExpert, g: torch.Generator) -> torch.Tensor:
         return student_loss(model, composed, batch_of("train", g), g)

@@ -241,8 +241,10 @@ class SpatialExpert(Expert):
     def training_inputs(
         self, store: FrameStore, newest: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None
     ) -> dict[str, torch.Tensor]:
+        """extra_frames and extra_cond, and ``distance`` (B,) of the nearest retrieval (inf: none),
+        which a relevance weight reads (``planners.student``'s teacher)."""
         out = self.memory_inputs(store, store.poses[target], newest - self.context, store.episode_of(newest))
-        return {"extra_frames": out["extra_frames"], "extra_cond": out["extra_cond"]}
+        return {"extra_frames": out["extra_frames"], "extra_cond": out["extra_cond"], "distance": out["distance"][:, 0]}
 
     def training_loss(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator | None, dropout: bool = True
