@@ -308,7 +308,11 @@ NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), 
                   ("CoME@8", "GNM@4"), ("CoME@8", "NWM@8")]
 
 
-RUN_LABELS = {"navigate_val/nwm20_walls.json": "wall-aware base"}  # runs with other checkpoints than the shipped
+# runs with other checkpoints or planner settings than the shipped defaults
+RUN_LABELS = {"navigate_val/nwm20_walls.json": "wall-aware base",
+              "navigate_val/student20_route_0.3_k2_r1.json": "1 rollout",
+              "navigate_val/student20_route_0.3_k8_r1.json": "1 rollout",
+              "navigate/test40_student_route_k2.json": "1 rollout"}
 
 
 def _navigate_label(method: str, report: dict) -> str:
@@ -343,6 +347,17 @@ CONTACT_PREDICT = {"shipped base": "contact/predict_val_shipped.json",
 ROUTE_TEST = NAVIGATE_TEST + ["navigate/test40_route.json", "navigate/test40_nomad_route_k1.json"]
 ROUTE_TEST_PAIRS = [("NWM + route 0.3@8", "NWM@8"), ("NWM + route 0.3@8", "GNM@1"), ("NWM + route 0.3@8", "NoMaD@1"),
                     ("NoMaD + route 0.3@1", "NoMaD@1"), ("NWM + route 0.3@8", "NoMaD + route 0.3@1")]
+
+STUDENT = "CoME (student) + route 0.3 (1 rollout)"
+STUDENT_NAV_VAL = ["navigate_val/policies20_k1.json", "navigate_val/nwm20_route_0.3.json",
+                   "navigate_val/nomad20_route_0.3_k1.json", "navigate_val/student20_route_0.3_k8_r1.json",
+                   "navigate_val/student20_route_0.3_k2_r1.json"]
+STUDENT_NAV_VAL_PAIRS = [(f"{STUDENT}@2", f"{STUDENT}@8"), (f"{STUDENT}@2", "NWM + route 0.3@8"),
+                         (f"{STUDENT}@2", "NoMaD + route 0.3@1"), (f"{STUDENT}@2", "GNM@1")]
+STUDENT_NAV_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_route.json",
+                    "navigate/test40_nomad_route_k1.json", "navigate/test40_student_route_k2.json"]
+STUDENT_NAV_TEST_PAIRS = [(f"{STUDENT}@2", "GNM@1"), (f"{STUDENT}@2", "NoMaD@1"), (f"{STUDENT}@2", "NWM + route 0.3@8"),
+                          (f"{STUDENT}@2", "NoMaD + route 0.3@1"), (f"{STUDENT}@2", "CoME@8")]
 
 PERFECT_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_true_views.json",
                 "navigate/test40_nomad_route_k1.json"]
@@ -534,6 +549,10 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "navigate-val-route": lambda results: navigate_table(results, ROUTE_VAL),
     "navigate-val-route-paired": lambda results: paired_success(results, ROUTE_VAL, ROUTE_PAIRS),
     "navigate-test-route": lambda results: navigate_table(results, ROUTE_TEST),
+    "navigate-val-student": lambda results: navigate_table(results, STUDENT_NAV_VAL),
+    "navigate-val-student-paired": lambda results: paired_success(results, STUDENT_NAV_VAL, STUDENT_NAV_VAL_PAIRS),
+    "navigate-test-student": lambda results: navigate_table(results, STUDENT_NAV_TEST),
+    "navigate-test-student-paired": lambda results: paired_success(results, STUDENT_NAV_TEST, STUDENT_NAV_TEST_PAIRS),
     "navigate-test-route-paired": lambda results: paired_success(results, ROUTE_TEST, ROUTE_TEST_PAIRS),
     "contact-val": lambda results: contact_table(results, "contact/val.json"),
     "navigate-val-walls": lambda results: navigate_table(results, WALLS_VAL),
