@@ -173,22 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     env = gym.make(envs.ENV_ID, world=args.world, max_steps=args.max_steps, image_size=args.image_size,
                    world_seeds=WORLD_SEEDS[args.worlds], render_mode="rgb_array").unwrapped
     progress = cost_terms_protocol(config, args.ckpt)
+    protocol = {**progress, "world": args.world, "max_steps": args.max_steps, "seed": args.seed, "worlds": args.worlds,
+                "replan_every": args.replan_every, "image_size": args.image_size, "steps": config.sampler_steps,
+                "candidates": args.candidates, "top_k": args.top_k, "iterations": args.iterations,
+                "rollouts": args.rollouts, "distance": args.distance, "alphas": config.alphas or {},
+                "distilled": str(args.distilled) if args.distilled else None, "ckpt": str(args.ckpt),
+                "length_weight": args.length_weight, "collision_weight": args.collision_weight, "qp": args.qp,
+                "precision": resolve(args.precision, args.device),
+                "search": [config.search, config.proposals_nomad, config.proposals_gnm, config.prior_draws,
+                           config.refine, config.seeded_iterations],
+                **({"true_views": True} if args.true_views else {})}  # fmt: skip
     if args.resume is not None:
         try:
-            check_resume(args.resume, {**progress, "world": args.world, "max_steps": args.max_steps, "seed": args.seed,
-                                       "worlds": args.worlds, "replan_every": args.replan_every,
-                                       "image_size": args.image_size, "steps": config.sampler_steps,
-                                       "candidates": args.candidates, "top_k": args.top_k,
-                                       "iterations": args.iterations, "rollouts": args.rollouts,
-                                       "distance": args.distance, "alphas": config.alphas or {},
-                                       "distilled": str(args.distilled) if args.distilled else None,
-                                       "ckpt": str(args.ckpt), "length_weight": args.length_weight,
-                                       "collision_weight": args.collision_weight, "qp": args.qp,
-                                       "precision": resolve(args.precision, args.device),
-                                       "search": [config.search, config.proposals_nomad, config.proposals_gnm,
-                                                  config.prior_draws, config.refine, config.seeded_iterations],
-                                       "ckpt_content": checkpoints_fingerprint(args.ckpt),
-                                       **({"true_views": True} if args.true_views else {})})  # fmt: skip
+            check_resume(args.resume, {**protocol, "ckpt_content": checkpoints_fingerprint(args.ckpt)})
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -242,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "first_episode": args.first_episode, "max_steps": args.max_steps,
                                                  "qp": args.qp, "precision": resolve(args.precision, args.device),
                                                  **progress, **({"true_views": True} if args.true_views else {}),
-                                                 "episodes": records}, indent=2))
+                                                 "protocol": protocol, "episodes": records}, indent=2))
     return 0
 
 

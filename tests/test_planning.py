@@ -276,9 +276,11 @@ def test_navigate_runs_closed_loop_episodes(tiny_ckpt, tmp_path):
                         "--image-size", str(SIZE), "--candidates", "6", "--rollouts", "1", "--steps", "1",
                         "--json", str(out), "--gif-dir", str(tmp_path / "gifs"), "--gifs", "1"])
     assert rc == 0
-    rows = json.loads(out.read_text())["rows"]
+    got = json.loads(out.read_text())
+    rows = got["rows"]
     assert [r["method"] for r in rows] == ["NWM"] and rows[0]["episodes"] == 2
     assert 0 <= rows[0]["success"] <= 1 and (tmp_path / "gifs" / "NWM_0.gif").is_file()
+    assert got["protocol"]["rollouts"] == 1 and got["protocol"]["candidates"] == 6  # the planner settings, kept
 
 
 
