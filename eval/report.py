@@ -519,6 +519,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "seeded-test-come-seeds": lambda results: seeds_table(results, COME_SEEDS, ["GNM", "NoMaD", "NWM", "CoME"]),
     "seeded-test-come-seeds-paired": lambda results: paired_seeds(results, COME_SEEDS, COME_PAIRS),
     "outdoor-test": outdoor_test,
+    "outdoor-test-come": lambda results: ate_table(results, "planning_outdoor/come_seeded.json"),
+    "outdoor-test-come-paired": lambda results: paired_ate(results, "planning_outdoor/come_seeded", COME_PAIRS),
     "student-val": student_val,
     "student-val-paired": student_val_paired,
     "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
