@@ -312,7 +312,10 @@ NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), 
 RUN_LABELS = {"navigate_val/nwm20_walls.json": "wall-aware base",
               "navigate_val/student20_route_0.3_k2_r1.json": "1 rollout",
               "navigate_val/student20_route_0.3_k8_r1.json": "1 rollout",
-              "navigate/test40_student_route_k2.json": "1 rollout"}
+              "navigate_val/student20_route_0.3_k2_r1_coll1.json": "1 rollout",
+              "navigate/test40_student_route_k2.json": "1 rollout",
+              "navigate/test40_student_route_k2_coll1.json": "1 rollout",
+              "navigate/test40_nwm_route_k2.json": "1 rollout"}
 
 
 def _navigate_label(method: str, report: dict) -> str:
@@ -322,6 +325,8 @@ def _navigate_label(method: str, report: dict) -> str:
     progress, route = report.get("progress"), report.get("route_weight")
     label = f"{method} + progress {progress['weight']:g} ({progress['reduce']})" if progress else method
     label = f"{label} + route {route:g}" if route else label
+    collision = report.get("protocol", {}).get("collision_weight")  # runs before the protocol key: none
+    label = f"{label} + collision {collision:g}" if collision else label
     label = f"{label} on true views" if report.get("true_views") else label
     return f"{label} ({report['run_label']})" if report.get("run_label") else label
 
@@ -349,11 +354,13 @@ ROUTE_TEST_PAIRS = [("NWM + route 0.3@8", "NWM@8"), ("NWM + route 0.3@8", "GNM@1
                     ("NoMaD + route 0.3@1", "NoMaD@1"), ("NWM + route 0.3@8", "NoMaD + route 0.3@1")]
 
 STUDENT = "CoME (student) + route 0.3 (1 rollout)"
+STUDENT_COLL = "CoME (student) + route 0.3 + collision 1 (1 rollout)"
 STUDENT_NAV_VAL = ["navigate_val/policies20_k1.json", "navigate_val/nwm20_route_0.3.json",
                    "navigate_val/nomad20_route_0.3_k1.json", "navigate_val/student20_route_0.3_k8_r1.json",
-                   "navigate_val/student20_route_0.3_k2_r1.json"]
+                   "navigate_val/student20_route_0.3_k2_r1.json", "navigate_val/student20_route_0.3_k2_r1_coll1.json"]
 STUDENT_NAV_VAL_PAIRS = [(f"{STUDENT}@2", f"{STUDENT}@8"), (f"{STUDENT}@2", "NWM + route 0.3@8"),
-                         (f"{STUDENT}@2", "NoMaD + route 0.3@1"), (f"{STUDENT}@2", "GNM@1")]
+                         (f"{STUDENT}@2", "NoMaD + route 0.3@1"), (f"{STUDENT}@2", "GNM@1"),
+                         (f"{STUDENT_COLL}@2", f"{STUDENT}@2")]
 STUDENT_NAV_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_route.json",
                     "navigate/test40_nomad_route_k1.json", "navigate/test40_student_route_k2.json"]
 STUDENT_NAV_TEST_PAIRS = [(f"{STUDENT}@2", "GNM@1"), (f"{STUDENT}@2", "NoMaD@1"), (f"{STUDENT}@2", "NWM@8"),
