@@ -362,10 +362,12 @@ STUDENT_NAV_VAL_PAIRS = [(f"{STUDENT}@2", f"{STUDENT}@8"), (f"{STUDENT}@2", "NWM
                          (f"{STUDENT}@2", "NoMaD + route 0.3@1"), (f"{STUDENT}@2", "GNM@1"),
                          (f"{STUDENT_COLL}@2", f"{STUDENT}@2")]
 STUDENT_NAV_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_route.json",
-                    "navigate/test40_nomad_route_k1.json", "navigate/test40_student_route_k2.json"]
+                    "navigate/test40_nomad_route_k1.json", "navigate/test40_student_route_k2.json",
+                    "navigate/test40_student_route_k2_coll1.json"]
 STUDENT_NAV_TEST_PAIRS = [(f"{STUDENT}@2", "GNM@1"), (f"{STUDENT}@2", "NoMaD@1"), (f"{STUDENT}@2", "NWM@8"),
                           (f"{STUDENT}@2", "NWM + route 0.3@8"), (f"{STUDENT}@2", "NoMaD + route 0.3@1"),
-                          (f"{STUDENT}@2", "CoME@8")]
+                          (f"{STUDENT}@2", "CoME@8"), (f"{STUDENT_COLL}@2", "GNM@1"), (f"{STUDENT_COLL}@2", "NWM@8"),
+                          (f"{STUDENT_COLL}@2", f"{STUDENT}@2")]
 
 PERFECT_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_true_views.json",
                 "navigate/test40_nomad_route_k1.json"]
