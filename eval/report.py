@@ -312,10 +312,7 @@ NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), 
 RUN_LABELS = {"navigate_val/nwm20_walls.json": "wall-aware base",
               "navigate_val/student20_route_0.3_k2_r1.json": "1 rollout",
               "navigate_val/student20_route_0.3_k8_r1.json": "1 rollout",
-              "navigate_val/student20_route_0.3_k2_r1_coll1.json": "1 rollout",
-              "navigate/test40_student_route_k2.json": "1 rollout",
-              "navigate/test40_student_route_k2_coll1.json": "1 rollout",
-              "navigate/test40_nwm_route_k2.json": "1 rollout"}
+              "navigate/test40_student_route_k2.json": "1 rollout"}  # runs since keep theirs under "protocol"
 
 
 def _navigate_label(method: str, report: dict) -> str:
@@ -325,10 +322,15 @@ def _navigate_label(method: str, report: dict) -> str:
     progress, route = report.get("progress"), report.get("route_weight")
     label = f"{method} + progress {progress['weight']:g} ({progress['reduce']})" if progress else method
     label = f"{label} + route {route:g}" if route else label
-    collision = report.get("protocol", {}).get("collision_weight")  # runs before the protocol key: none
+    from planners.config import PlanConfig
+
+    protocol = report.get("protocol", {})  # runs before the protocol key: none
+    collision, rollouts = protocol.get("collision_weight"), protocol.get("rollouts")
     label = f"{label} + collision {collision:g}" if collision else label
     label = f"{label} on true views" if report.get("true_views") else label
-    return f"{label} ({report['run_label']})" if report.get("run_label") else label
+    run_label = report.get("run_label") or (f"{rollouts} rollout{'s' * (rollouts > 1)}"
+                                            if rollouts not in (None, PlanConfig.rollouts) else None)
+    return f"{label} ({run_label})" if run_label else label
 
 
 def _load_run(results: Path, name: str) -> dict:
