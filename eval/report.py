@@ -301,7 +301,9 @@ def outdoor_test(results: Path) -> str:
 
 
 COME_SEEDS = ["planning_test/come_seeded", "planning_test/come_seeded_s1", "planning_test/come_seeded_s2"]
+COME_ROWS = ["GNM", "NoMaD", "NWM", "CoME"]
 COME_PAIRS = [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"), ("CoME", "NoMaD")]
+OUTDOOR_COME_SEEDS = [f"planning_outdoor/come_seeded{s}" for s in ("", "_s1", "_s2")]
 NAVIGATE_TEST = ["navigate/test40_policies_k1.json", "navigate/test40_policies_k4.json", "navigate/test40.json"]
 OUTDOOR_NAVIGATE = [f"navigate/outdoor_test40_policies_k{k}.json" for k in (1, 4, 8)] + ["navigate/outdoor_test40.json"]
 NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), ("NWM@8", "GNM@8"),
@@ -363,13 +365,15 @@ STUDENT_NAV_VAL = ["navigate_val/policies20_k1.json", "navigate_val/nwm20_route_
 STUDENT_NAV_VAL_PAIRS = [(f"{STUDENT}@2", f"{STUDENT}@8"), (f"{STUDENT}@2", "NWM + route 0.3@8"),
                          (f"{STUDENT}@2", "NoMaD + route 0.3@1"), (f"{STUDENT}@2", "GNM@1"),
                          (f"{STUDENT_COLL}@2", f"{STUDENT}@2")]
+NWM_ROUTE_2 = "NWM + route 0.3 (1 rollout)"  # NWM at the student's settings: what CoME's imagination adds to the map
 STUDENT_NAV_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_route.json",
                     "navigate/test40_nomad_route_k1.json", "navigate/test40_student_route_k2.json",
-                    "navigate/test40_student_route_k2_coll1.json"]
+                    "navigate/test40_student_route_k2_coll1.json", "navigate/test40_nwm_route_k2.json"]
 STUDENT_NAV_TEST_PAIRS = [(f"{STUDENT}@2", "GNM@1"), (f"{STUDENT}@2", "NoMaD@1"), (f"{STUDENT}@2", "NWM@8"),
                           (f"{STUDENT}@2", "NWM + route 0.3@8"), (f"{STUDENT}@2", "NoMaD + route 0.3@1"),
                           (f"{STUDENT}@2", "CoME@8"), (f"{STUDENT_COLL}@2", "GNM@1"), (f"{STUDENT_COLL}@2", "NWM@8"),
-                          (f"{STUDENT_COLL}@2", f"{STUDENT}@2")]
+                          (f"{STUDENT_COLL}@2", f"{STUDENT}@2"), (f"{STUDENT}@2", f"{NWM_ROUTE_2}@2"),
+                          (f"{NWM_ROUTE_2}@2", "GNM@1"), (f"{NWM_ROUTE_2}@2", "NoMaD + route 0.3@1")]
 
 PERFECT_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_true_views.json",
                 "navigate/test40_nomad_route_k1.json"]
@@ -528,11 +532,13 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "seeded-test-come-paired": lambda results: paired_ate(results, "planning_test/come_seeded",
                                                           [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"),
                                                            ("CoME", "NoMaD")]),
-    "seeded-test-come-seeds": lambda results: seeds_table(results, COME_SEEDS, ["GNM", "NoMaD", "NWM", "CoME"]),
+    "seeded-test-come-seeds": lambda results: seeds_table(results, COME_SEEDS, COME_ROWS),
     "seeded-test-come-seeds-paired": lambda results: paired_seeds(results, COME_SEEDS, COME_PAIRS),
     "outdoor-test": outdoor_test,
     "outdoor-test-come": lambda results: ate_table(results, "planning_outdoor/come_seeded.json"),
     "outdoor-test-come-paired": lambda results: paired_ate(results, "planning_outdoor/come_seeded", COME_PAIRS),
+    "outdoor-test-come-seeds": lambda results: seeds_table(results, OUTDOOR_COME_SEEDS, COME_ROWS),
+    "outdoor-test-come-seeds-paired": lambda results: paired_seeds(results, OUTDOOR_COME_SEEDS, COME_PAIRS),
     "student-val": student_val,
     "student-val-paired": student_val_paired,
     "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
