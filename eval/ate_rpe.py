@@ -32,7 +32,8 @@ stopped, and a larger ``--n-samples`` plans only the new samples (sample i does 
 other settings stops with an error instead of mixing them.
 
 ``--json`` writes ``{"rows": [{"method", "ate", "ate_std", "rpe", "rpe_std",
-"ate_m", "rpe_m", "n"}, ...], "protocol": {...}, "data": str}``. Methods whose
+"ate_m", "rpe_m", "n"}, ...], "protocol": {...}, "data": str, "wall_s"}`` (``wall_s``: this run's
+seconds, data loading included). Methods whose
 checkpoints are missing are listed under ``"skipped"`` with the reason. On simulator data
 (``envs.collect``) each row also has ``plan_collision`` ("in wall" in the table): the share of
 samples whose first-seed plan puts the robot within its radius of an obstacle of the world the
@@ -311,6 +312,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
 
     dist: this process's place under torchrun (:func:`eval.distributed.init`); None: one process on ``args.device``.
     """
+    start = time.perf_counter()
     args.methods = table_labels(args.methods)
     if args.history < 1:
         raise ValueError(f"--history must be >= 1 frame, got {args.history}")
@@ -394,6 +396,7 @@ def run(args, dist: Distributed | None = None) -> dict | None:
         if share is not None:
             row["plan_collision"] = share
     return {"rows": rows, "protocol": protocol, "data": str(args.data), "skipped": skipped,
+            "wall_s": round(time.perf_counter() - start, 1),
             "_gt": gt, "_samples_idx": samples_idx, "_preds": preds}  # fmt: skip
 
 
@@ -412,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     for m, why in out["skipped"].items():
         print(f"skipped {m}: {why}")
     print(format_table(out["rows"]))
+    print(f"wall: {out['wall_s'] / 60:.1f} min (this run; results kept by --resume are not planned again)")
     if args.json:
         atomic_write_text(args.json, json.dumps({k: v for k, v in out.items() if not k.startswith("_")}, indent=2))
     if args.plot and out["rows"]:

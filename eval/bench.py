@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from nav_come.core.io import atomic_write_text
-from nav_come.core.precision import PRECISIONS
+from nav_come.core.precision import INFERENCE_PRECISIONS
 from planners.config import CEM_LABELS, REGISTRY
 
 
@@ -112,6 +112,7 @@ def precision_report(device: str = "cpu") -> dict:
 def format_precision(report: dict) -> str:
     cpu = report["cpu_flags"]
     isa = f", ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']}" if cpu["onednn_max_cpu_isa"] else ""
+    isa += f", FBGEMM_ENABLE_INSTRUCTIONS={cpu['fbgemm_isa']}" if cpu.get("fbgemm_isa") else ""
     why = "native bf16" if cpu["native_bf16"] else "no native bf16 on this CPU"
     return (f"cpu: torch capability {cpu['capability']}, flags {' '.join(cpu['flags']) or '(none read)'}{isa}; "
             f"--precision auto picks {report['auto_precision']} ({why})")
@@ -456,7 +457,15 @@ def time_plan(planner, episode: dict, seed: int) -> tuple[float, dict]:
 
 
 def set_precision(planner, precision: str) -> None:
-    """Run the planner's world model and experts at ``precision`` ("fp32" or "bf16")."""
+    """Run the planner's world model and experts at ``precision`` ("fp32", "bf16" or "int8"; int8
+    quantises the planner in place, so it comes last: :func:`_method_rows`)."""
+    if precision == "int8":
+        from planners.methods import quantize_planner
+
+        quantize_planner(planner)
+        return
+    if planner.world_model.int8:
+        raise ValueError("a planner quantised to int8 cannot run at fp32 or bf16 again")
     bf16 = precision == "bf16"
     planner.world_model.bf16 = bf16
     if (composed := getattr(planner, "denoiser", None)) is not None:
@@ -518,7 +527,8 @@ def _observe(planner, episode: dict) -> dict:
 def _method_rows(label: str, planner, sampler: str, steps: list[int], plans: int, episode: dict, unbatched: bool,
                  extra: dict, log, precisions=BENCH_PRECISIONS, rollouts=(3,)) -> list[dict]:  # fmt: skip
     rows = []
-    for precision, r in ((p, r) for p in precisions for r in rollouts):
+    in_order = sorted(precisions, key=lambda p: p == "int8")  # int8 last: it quantises the planner in place
+    for precision, r in ((p, r) for p in in_order for r in rollouts):
         set_precision(planner, precision)
         set_steps(planner, min(steps))
         planner.rollouts = r
@@ -682,7 +692,7 @@ def main(argv=None) -> int:
     p.add_argument("--plans", type=int, help="plan: plans timed per row (default 3; --quick 1)")
     p.add_argument("--quick", action="store_true", help="plan: default step count only, one plan per row")
     p.add_argument("--device", default="cpu", help="plan: cpu | cuda")
-    p.add_argument("--precision", nargs="+", choices=PRECISIONS,
+    p.add_argument("--precision", nargs="+", choices=INFERENCE_PRECISIONS,
                    help="model, plan: precisions side by side (default fp32 bf16; auto: what plan.py would pick "
                         "here); precision: those interleaved (default auto fp32 bf16)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3, help="precision: plans per precision")
@@ -696,6 +706,10 @@ def main(argv=None) -> int:
     p.add_argument("--unbatched", action="store_true",
                    help="plan: also time composed methods with one forward per branch, without and with dedup")
     args = p.parse_args(argv)
+    if "int8" in (args.precision or ()) and args.what != "plan":
+        print(f"error: --precision int8 is for `eval.bench plan` (and `eval.bench int8` times it against fp32 and "
+              f"bf16); {args.what} times fp32 and bf16", file=sys.stderr)  # fmt: skip
+        return 2
     if args.threads:
         import torch
 

@@ -102,6 +102,37 @@ def bench_seeded(results: Path, name: str = "precision/bench_plan_seeded_native.
     return "\n".join(lines)
 
 
+def bench_int8(results: Path, name: str = "precision/bench_plan_int8_avx2.json") -> str:
+    """``eval.bench plan --precision fp32 int8``: seconds per plan at both precisions and int8's speed-up."""
+    rows = _load(results, name)["rows"]
+    seconds = {(r["method"], r["rollouts"], r["precision"]): r["s_per_plan"] for r in rows}
+    lines = ["| method | rollouts | s/plan fp32 | s/plan int8 | fp32 / int8 |", "|---|---|---|---|---|"]
+    for (m, k, p), fp32 in seconds.items():
+        if p == "fp32" and (m, k, "int8") in seconds:
+            int8 = seconds[m, k, "int8"]
+            lines.append(f"| {m} | {k} | {fp32:.2f} | {int8:.2f} | {fp32 / int8:.2f} |")
+    return "\n".join(lines)
+
+
+INT8_VAL = ("planning_val/fp32_avx2", "planning_val/int8_avx2")  # eval/ate_rpe.py --resume folders, AVX2 path
+
+
+def int8_val(results: Path) -> str:
+    """Planning ATE on validation worlds at fp32 and int8 (the AVX2 path), and int8 − fp32 paired per sample."""
+    from eval.paired import paired, records
+
+    lines = ["| method | ATE fp32 | ATE int8 | int8 − fp32 (paired) | RPE int8 − fp32 | s/plan fp32 | s/plan int8 | "
+             "samples |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    runs = [_load(results, f"planning_val/val40_{p}_avx2.json")["rows"] for p in ("fp32", "int8")]
+    for fp32, int8 in zip(*runs, strict=True):
+        m = fp32["method"]
+        d = paired(records(results / INT8_VAL[1] / m), records(results / INT8_VAL[0] / m))
+        lines.append(f"| {m} | {fp32['ate']:.3f} | {int8['ate']:.3f} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | "
+                     f"{d['rpe']:+.3f} ± {d['rpe_se']:.3f} | {fp32['s_per_plan']:.1f} | {int8['s_per_plan']:.1f} | "
+                     f"{d['n']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 SEEDED_VAL = (("val40_paper.json", None),
               ("val40_seeded.json", "seeded: 16 NoMaD + 8 GNM + 32 prior draws, 2 iterations"),
               ("val40_seeded_it1.json", "seeded: the same, 1 iteration (ranks the first population)"),
@@ -547,6 +578,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "memory-student-test": lambda results: memory_ablation(results, "memory/maze_test_student.json"),
     "bench-student": lambda results: bench_seeded(results, "precision/bench_plan_student.json"),
     "bench-seeded": bench_seeded,
+    "bench-int8-avx2": bench_int8,
+    "int8-val-avx2": int8_val,
     "navigate-test-perfect": lambda results: navigate_table(results, PERFECT_TEST),
     "navigate-test-perfect-paired": lambda results: paired_success(results, PERFECT_TEST, PERFECT_TEST_PAIRS),
     "perfect-val": lambda results: perfect_table(results, "perfect/val40.json"),

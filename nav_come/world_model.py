@@ -77,6 +77,7 @@ class WorldModel(nn.Module):
             raise ValueError(f"unknown sampler {sampler!r}: choose one of {sorted(SAMPLERS)}")
         self.ae, self.dit, self.schedule = ae, dit, schedule
         self.sampler_steps, self.sampler, self.bf16 = sampler_steps, sampler, bf16
+        self.int8 = False  # set by planners.methods.quantize_planner (--precision int8)
 
     @property
     def device(self) -> torch.device:
@@ -88,7 +89,9 @@ class WorldModel(nn.Module):
 
     @property
     def precision(self) -> str:
-        """"bf16" or "fp32": what the networks run at on this device."""
+        """"bf16", "fp32" or "int8": what the networks run at on this device."""
+        if self.int8:
+            return "int8"
         return resolve({True: "bf16", False: "fp32", None: "auto"}[self.bf16], self.device)
 
     @property

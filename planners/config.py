@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from nav_come.core.data.config import DataConfig
-from nav_come.core.precision import PRECISION_HELP, PRECISIONS
+from nav_come.core.precision import INFERENCE_PRECISIONS, PLAN_PRECISION_HELP
 from planners import cem
 from planners.cost import DISTANCES, PROGRESS_REDUCTIONS
 
@@ -160,13 +160,13 @@ class PlanConfig:
     refine: int = _flag(32, "--refine", "seeded: candidates of each refining iteration", type=int)
     seeded_iterations: int = _flag(2, "--seeded-iterations", "seeded: iterations (1: rank the first population)",
                                    type=int)  # fmt: skip
-    precision: str = _flag("auto", "--precision", PRECISION_HELP, choices=PRECISIONS)
+    precision: str = _flag("auto", "--precision", PLAN_PRECISION_HELP, choices=INFERENCE_PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
             raise ValueError(f"unknown goal distance {self.distance!r}; choose one of {', '.join(DISTANCES)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(INFERENCE_PRECISIONS)}")
         if self.sampler_steps < 1 or self.rollouts < 1:
             raise ValueError(f"sampler steps and rollouts must be >= 1, got {self.sampler_steps} and {self.rollouts}")
         if not (self.length_weight >= 0 and self.collision_weight >= 0 and self.progress_weight >= 0

@@ -39,7 +39,7 @@ from nav_come.compose import CPU_MAX_BATCH, ComposedDenoiser
 from nav_come.core.checkpoint import CONFIG, CheckpointError, read_config
 from nav_come.core.data.config import METRIC_WAYPOINT_SPACING, data_config
 from nav_come.core.layout import BASE_DIR, LTM_DIR, CheckpointLayout, MissingCheckpoint
-from nav_come.core.precision import use_bf16
+from nav_come.core.precision import quantize_int8, resolve, use_bf16
 from nav_come.experts import BaseExpert, LTMConfig, LTMExpert, load_expert
 from planners import cem
 from planners.config import (
@@ -69,7 +69,7 @@ __all__ = ["BY_LABEL", "CEM_LABELS", "DEFAULT_ALPHAS", "DEFAULT_NORMALISE", "DEF
            "MEMORY_METHODS", "METHODS", "ONE_STEP_ALPHA", "RANKED_SAMPLES", "REGISTRY", "TABLE", "Method",
            "MethodUnavailable", "PlanConfig", "PlanResult", "Planner", "PolicyPlanner", "RankingPlanner",
            "WorldModelPlanner", "default_alphas", "load_distance", "load_method", "memory_experts", "method",
-           "parse_alphas", "trained_expert"]  # fmt: skip
+           "parse_alphas", "quantize_planner", "trained_expert"]  # fmt: skip
 
 MethodUnavailable = MissingCheckpoint  # a method whose checkpoints are not there; the message says how to make them
 
@@ -272,7 +272,8 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
     if (m.search or config.search) == "seeded":
         penalties |= seeded_search(layout, config, cem_config, device)
     if not names:
-        return WorldModelPlanner(wm, cem_config, distance, config.rollouts, **penalties)
+        planner = WorldModelPlanner(wm, cem_config, distance, config.rollouts, **penalties)
+        return quantize_planner(planner) if resolve(config.precision, device) == "int8" else planner
     experts = memory_experts(experts_dir, names, wm, device)
     if not m.base:
         experts.pop("base")
@@ -282,5 +283,24 @@ def load_method(name: str, ckpt_dir: str | Path, device: str = "cpu", config: Pl
                                 schedule=wm.schedule, bf16=wm.bf16,
                                 max_batch=CPU_MAX_BATCH if torch.device(device).type == "cpu" else None)  # fmt: skip
     spacing = config.spacing or expert_spacing(layout.root, names) or METRIC_WAYPOINT_SPACING["nav_come_sim"]
-    return WorldModelPlanner(wm, cem_config, distance, config.rollouts, denoiser=composed, spacing=spacing,
-                             name=m.label, **penalties)  # fmt: skip
+    planner = WorldModelPlanner(wm, cem_config, distance, config.rollouts, denoiser=composed, spacing=spacing,
+                                name=m.label, **penalties)  # fmt: skip
+    return quantize_planner(planner) if resolve(config.precision, device) == "int8" else planner
+
+
+def quantize_planner(planner: WorldModelPlanner) -> WorldModelPlanner:
+    """``planner`` imagining at ``--precision int8``, in place: the linear layers of its denoisers
+    at dynamic int8 (:func:`nav_come.core.precision.quantize_int8`), the base network's unless an
+    LTM adapts it at test time (the adapter trains on it), and no bf16 autocast anywhere."""
+    experts = planner.denoiser.experts
+    if "ltm" not in experts:
+        quantize_int8(planner.world_model.dit)
+    for name, expert in experts.items():
+        if name not in ("base", "ltm"):
+            quantize_int8(expert.network)
+        expert.bf16 = False
+        if isinstance(getattr(expert, "config", None), LTMConfig):
+            expert.config.bf16 = False
+    planner.denoiser.bf16 = False
+    planner.world_model.bf16, planner.world_model.int8 = False, True
+    return planner

@@ -58,8 +58,17 @@ def test_a_onednn_cap_below_bf16_means_fp32(flags, monkeypatch, isa, expected):
 
 
 def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="unknown precision 'fp16'; choose one of auto, fp32, bf16"):
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; choose one of auto, fp32, bf16, int8"):
         precision.resolve("fp16")
+
+
+@pytest.mark.parametrize("cpu", [AVX2_ONLY, SAPPHIRE_RAPIDS])
+def test_int8_is_asked_for_by_name_and_runs_on_the_cpu_only(flags, cpu):
+    flags(cpu)
+    assert precision.resolve("int8") == "int8" and precision.resolve("auto") != "int8"
+    assert not precision.use_bf16("int8") and precision.bf16_flag("int8") is False
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        precision.resolve("int8", "cuda")
 
 
 def test_autocast_none_follows_the_cpu(flags):
@@ -106,6 +115,40 @@ def test_fp32_and_bf16_predictions_agree(example):
     mse = (outs["fp32"] - outs["bf16"]).pow(2).mean().item()
     assert 0 < mse and 10 * np.log10(1 / mse) > 30
     assert (outs["fp32"] - outs["bf16"]).abs().max() < 0.25
+
+
+def test_int8_predictions_agree_with_fp32(example):
+    """The shipped base with its linear layers at dynamic int8, same noise: within 30 dB PSNR of fp32."""
+    outs = {}
+    for name in ("fp32", "int8"):
+        wm = WorldModel.from_pretrained(SHIPPED_CHECKPOINT, sampler_steps=1, precision="fp32")
+        if name == "int8":
+            precision.quantize_int8(precision.quantize_int8(wm.dit))  # twice: the second changes nothing
+            assert not any(type(m) is torch.nn.Linear for m in wm.dit.modules())
+        actions = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.3, 0.2], [0.5, -0.4, -0.3], [0.0, 0.0, 0.5]])
+        outs[name] = wm.predict(example, actions, generator=torch.Generator().manual_seed(0))
+    mse = (outs["fp32"] - outs["int8"]).pow(2).mean().item()
+    assert 0 < mse and 10 * np.log10(1 / mse) > 30
+
+
+def test_int8_planners_quantise_what_does_not_train():
+    """--precision int8: NWM's base and the student are quantised; with an LTM the base stays fp32
+    (its adapter trains on it at test time) while the SLTM is quantised; no bf16 anywhere."""
+    from eval.bench import set_precision
+    from planners.methods import load_method
+
+    def linears(module):
+        return sum(type(m) is torch.nn.Linear for m in module.modules())
+
+    nwm = load_method("nwm", SHIPPED_CHECKPOINT, precision="int8")
+    assert nwm.precision == "int8" and linears(nwm.world_model.dit) == 0 and nwm.world_model.bf16 is False
+    student = load_method("come-student", SHIPPED_CHECKPOINT, precision="int8")
+    assert student.precision == "int8" and linears(student.denoiser.experts["student"].network) == 0
+    come = load_method("come", SHIPPED_CHECKPOINT, precision="int8")
+    assert linears(come.world_model.dit) > 0 and linears(come.denoiser.experts["sltm"].network) == 0
+    assert come.denoiser.bf16 is False and all(e.bf16 is False for e in come.denoiser.experts.values())
+    with pytest.raises(ValueError, match="cannot run at fp32 or bf16 again"):
+        set_precision(nwm, "fp32")
 
 
 def test_plan_json_names_its_precision(tmp_path):

@@ -16,7 +16,7 @@ from planners.policy_common import builtin_policies
 
 REPO = Path(__file__).resolve().parents[1]
 RANKS = 2
-TIMINGS = {"s_per_plan", "s_per_observe", "s_per_frame", "peak_mb", "prepare_s", "s_per_stored_frame"}
+TIMINGS = {"s_per_plan", "s_per_observe", "s_per_frame", "peak_mb", "prepare_s", "s_per_stored_frame", "wall_s"}
 FAST = ["--candidates", "6", "--top-k", "2", "--rollouts", "1", "--steps", "1"]
 CASES = {  # script and its arguments past --data and --ckpt
     "ate_rpe": ("eval/ate_rpe.py", ["--methods", "NWM", "GNM", "NWM+STM", "--n-samples", "3", "--seeds", "0", "1",
