@@ -1,6 +1,6 @@
 """ATE/RPE of navigation methods under NWM's planning protocol (docs/design.md §3).
 
-    python eval/ate_rpe.py --data DIR [--methods GNM NoMaD NWM CoME NWM+STM NWM+LTM]
+    python eval/ate_rpe.py --data DIR [--methods GNM NoMaD NWM "CoME (student)" NWM+STM NWM+LTM]
                            [--n-samples N] [--seeds 0 1 2] [--history 128] [--json out.json] [--plot out.png]
                            [--resume DIR]
     torchrun --nproc_per_node N eval/ate_rpe.py --data DIR [--device cuda] ...
@@ -12,7 +12,7 @@ waypoints; ATE and RPE (nav_come.core.metrics: evo's APE/RPE translation RMSE, n
 alignment, no scale correction) are averaged over samples for each seed, and
 reported as mean ± std over seeds, in spacing units and in metres.
 
-The memory methods (CoME, NWM+STM, NWM+LTM) also get the episode before each sample:
+The memory methods (CoME, CoME (student), NWM+STM, NWM+LTM) also get the episode before each sample:
 frames ``t-history+1..t`` of its trajectory with their world poses from ``traj_data.pkl``
 go through the planner's ``observe`` (encoded once, memorised by the LTM) before it plans;
 the time of that is reported as ``s_per_observe``, apart from ``s_per_plan``.

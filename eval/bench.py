@@ -16,7 +16,7 @@ candidates × 3 rollouts), interleaved, and prediction PSNR on the same ``--n-sa
 windows with the same noise (``eval/predict.py``'s rollouts, horizons 1, 2, 4, 8) with the
 seconds each took. It decides whether an int8 precision is worth offering on a machine.
 
-``plan`` times one CEM plan of each CEM method (NWM, CoME, NWM+STM, NWM+LTM) under the NWM
+``plan`` times one CEM plan of each CEM method (NWM, CoME, CoME (student), NWM+STM, NWM+LTM) under the NWM
 paper protocol's search (``--search paper``: 120 candidates × 3 rollouts × 8 steps; so does
 ``precision``) for each sampler step count: the median wall
 time of ``--plans`` plans after a warm-up, its split (encode, denoise, decode, cost, and the
@@ -354,8 +354,9 @@ def format_memory(out: dict) -> str:
 # ---------------------------------------------------------------------- planning
 
 PLAN_STEPS = (1, 2, 4, 8, 16)  # sampler steps per prediction, one row each
-# NWM, CoME, NWM+STM, NWM+LTM: the default rows ("NWM (paper protocol)" is NWM here: these plans use its search)
-PLAN_METHODS = tuple(m.label for m in REGISTRY.values() if m.kind == "cem" and m.table and m.search is None)
+# NWM, CoME, CoME (student), NWM+STM, NWM+LTM: every CEM method ("NWM (paper protocol)" is NWM here: these
+# plans use its search)
+PLAN_METHODS = tuple(m.label for m in REGISTRY.values() if m.kind == "cem" and m.search is None)
 DISTILLED_STEPS = (1, 2)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -259,16 +259,33 @@ def _paired_line(a: str, b: str, d: dict) -> str:
     return f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | {d['n']} |"
 
 
-def student_test_paired(results: Path) -> str:
-    """The CoME student's 3 test seeds (one run) paired with the composed CoME, NWM and GNM of
-    ``COME_SEEDS`` (three runs, one seed each), each sample's error averaged over its seeds."""
+def student_test_paired(results: Path, folder: str = "planning_test/come_student", seeds: list[str] | None = None,
+                        others: tuple[str, ...] = ("CoME", "NWM", "GNM")) -> str:  # fmt: skip
+    """The CoME student's 3 test seeds (one run, ``folder``) paired with the composed CoME, NWM and GNM
+    of ``seeds`` (default ``COME_SEEDS``: three runs, one seed each), each sample's error averaged over
+    its seeds."""
     from eval.paired import merged, paired
 
-    student = merged([results / "planning_test/come_student/CoME (student)"])
+    student = merged([results / folder / "CoME (student)"])
     lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
-    for other in ("CoME", "NWM", "GNM"):
-        d = paired(student, merged([results / f / other for f in COME_SEEDS]))
+    for other in others:
+        d = paired(student, merged([results / f / other for f in seeds or COME_SEEDS]))
         lines.append(_paired_line("CoME (student)", other, d))
+    return "\n".join(lines)
+
+
+def table_timing(results: Path, name: str) -> str:
+    """An ``eval/ate_rpe.py`` JSON of one timed run: each method's ATE, its seconds per plan and per
+    observed episode, its share of the summed plan time, and the run's wall time."""
+    report = _load(results, name)
+    cost = {r["method"]: r["n"] * (r["s_per_plan"] + r.get("s_per_observe", 0.0)) for r in report["rows"]}
+    lines = ["| method | ATE | RPE | s/plan | s/observe | share of the time |", "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['method']} | {r['ate']:.3f} | {r['rpe']:.3f} | {r['s_per_plan']:.1f} | "
+                     f"{r.get('s_per_observe', 0.0):.1f} | {cost[r['method']] / sum(cost.values()):.0%} |")  # fmt: skip
+    seeds = len(report["protocol"]["seeds"])
+    lines.append(f"\nWall time: **{report['wall_s'] / 60:.1f} min** for {report['rows'][0]['n']} samples × {seeds} "
+                 f"seed{'s' * (seeds > 1)}, {len(report['rows'])} methods.")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -575,7 +592,12 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
     "student-test": lambda results: seeds_table(results, ["planning_test/come_student"], ["CoME (student)"]),
     "student-test-paired": student_test_paired,
+    "outdoor-student-test": lambda results: seeds_table(results, ["planning_outdoor/come_student"],
+                                                        ["CoME (student)"]),
+    "outdoor-student-test-paired": lambda results: student_test_paired(
+        results, "planning_outdoor/come_student", OUTDOOR_COME_SEEDS, ("CoME", "NWM", "GNM", "NoMaD")),
     "memory-student-test": lambda results: memory_ablation(results, "memory/maze_test_student.json"),
+    "table-timing": lambda results: table_timing(results, "planning_test/table6.json"),
     "bench-student": lambda results: bench_seeded(results, "precision/bench_plan_student.json"),
     "bench-seeded": bench_seeded,
     "bench-int8-avx2": bench_int8,

@@ -72,8 +72,8 @@ REGISTRY = {m.key: m for m in (
     Method("nomad", "NoMaD", "policy"),
     Method("nwm", "NWM", "cem"),
     Method("nwm-paper", "NWM (paper protocol)", "cem", search="paper"),
-    Method("come", "CoME", "cem", COME_EXPERTS),
-    Method("come-student", "CoME (student)", "cem", ("student",), table=False, base=False),  # planners.student
+    Method("come", "CoME", "cem", COME_EXPERTS, table=False),  # the composition the student distils
+    Method("come-student", "CoME (student)", "cem", ("student",), base=False),  # planners.student
     Method("nwm+stm", "NWM+STM", "cem", ("stm",)),
     Method("nwm+ltm", "NWM+LTM", "cem", ("ltm",)),
     Method("nomad+nwm", "NoMaD+NWM", "ranking", table=False),

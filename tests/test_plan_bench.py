@@ -43,7 +43,9 @@ def test_plan_json_contract(report):
         assert set(r["split_s"]) == SPLIT and all(isinstance(v, float) and v >= 0 for v in r["split_s"].values())
         assert sum(r["split_s"].values()) == pytest.approx(r["s_per_plan"], abs=1e-3)  # one plan: the split is it
         assert r["split_s"]["denoise"] > 0 and r["split_s"]["encode"] > 0
-    assert set(report["skipped"]) == {"CoME", "distilled"} and "sltm" in report["skipped"]["CoME"].lower()
+    assert set(report["skipped"]) == {"CoME", "CoME (student)", "distilled"}
+    assert "sltm" in report["skipped"]["CoME"].lower()
+    assert "student" in report["skipped"]["CoME (student)"].lower()
     assert report["skipped"]["distilled"] == "no distilled checkpoint"
     assert "examples/" in report["episode"] and report["protocol"]["candidates"] == N
 

@@ -61,7 +61,7 @@ def test_nwm_is_the_base_expert_alone(ckpt):
 
 def test_the_registry_names_each_method_once():
     assert len({m.label for m in REGISTRY.values()}) == len(REGISTRY)
-    assert TABLE == ["GNM", "NoMaD", "NWM", "NWM (paper protocol)", "CoME", "NWM+STM", "NWM+LTM"]
+    assert TABLE == ["GNM", "NoMaD", "NWM", "NWM (paper protocol)", "CoME (student)", "NWM+STM", "NWM+LTM"]
     assert method("CoME") is method("come") is REGISTRY["come"]
     with pytest.raises(ValueError, match="unknown method 'foo'"):
         method("foo")

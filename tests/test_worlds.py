@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import plan
 from nav_come.core.layout import SHIPPED_ROOT, WORLDS, checkpoint_world, data_world, pick_checkpoint
+from nav_come.experts import load_expert
 from nav_come.world_model import WorldModel
 
 
@@ -62,6 +63,16 @@ def test_the_outdoor_checkpoint_stores_half_precision_and_loads_as_fp32():
     assert all(p.dtype == torch.float32 for p in wm.parameters())
     name, value = next(iter(stored.items()))
     assert torch.equal(dict(wm.dit.named_parameters())[name].detach(), value.float())
+
+
+@pytest.mark.parametrize("part", ["stm", "sltm", "ssm", "full", "student"])
+def test_the_outdoor_experts_store_half_precision_and_load_as_fp32(part):
+    folder = SHIPPED_ROOT / "outdoor" / part
+    stored = load_file(folder / "model.safetensors")
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    loaded = load_expert(folder).state_dict()
+    assert set(loaded) == set(stored) and {v.dtype for v in loaded.values()} == {torch.float32}
+    assert all(torch.equal(loaded[k], v.float()) for k, v in stored.items())
 
 
 def test_plan_cli_world_outdoor_uses_its_checkpoint_and_example(tmp_path, capsys):
