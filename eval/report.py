@@ -289,6 +289,18 @@ def table_timing(results: Path, name: str) -> str:
     return "\n".join(lines)
 
 
+def paired_runs(results: Path, a: str, others: list[str]) -> str:
+    """Paired differences between ``method`` folders of different ``eval/ate_rpe.py --resume`` runs
+    with the same seeds and samples, each given as "run/method" under ``results``."""
+    from eval.paired import merged, paired
+
+    lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
+    for b in others:
+        d = paired(merged([results / a]), merged([results / b]))
+        lines.append(_paired_line(a.rsplit("/", 1)[1], b.rsplit("/", 1)[1], d))
+    return "\n".join(lines)
+
+
 PERFECT_PAIRS = [("true", "imagined"), ("true", "gnm"), ("imagined", "gnm"), ("true", "oracle")]
 PERFECT_SHORT = {"imagined": "imagined views", "true": "true views", "gnm": "GNM", "oracle": "oracle"}
 
@@ -587,6 +599,10 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "outdoor-test-come-paired": lambda results: paired_ate(results, "planning_outdoor/come_seeded", COME_PAIRS),
     "outdoor-test-come-seeds": lambda results: seeds_table(results, OUTDOOR_COME_SEEDS, COME_ROWS),
     "outdoor-test-come-seeds-paired": lambda results: paired_seeds(results, OUTDOOR_COME_SEEDS, COME_PAIRS),
+    "outdoor-test-paper": lambda results: ate_table(results, "planning_outdoor/paper.json"),
+    "outdoor-test-paper-paired": lambda results: paired_runs(
+        results, "planning_outdoor/paper/NWM (paper protocol)",
+        [f"planning_outdoor/come_seeded/{m}" for m in ("NWM", "GNM", "NoMaD")]),
     "student-val": student_val,
     "student-val-paired": student_val_paired,
     "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
