@@ -259,19 +259,26 @@ def _paired_line(a: str, b: str, d: dict) -> str:
     return f"| {a} − {b} | {d['ate']:+.3f} ± {d['ate_se']:.3f} | {d['rpe']:+.3f} ± {d['rpe_se']:.3f} | {d['n']} |"
 
 
+def paired_kept(results: Path, a: tuple[str, list[str]], others: list[tuple[str, list[str]]]) -> str:
+    """Paired ATE and RPE differences of method A against each other method, each given as (label,
+    its ``eval/ate_rpe.py --resume`` method folders under ``results``, one per seed run): each
+    sample's error averaged over its seeds, mean ± one standard error over the samples."""
+    from eval.paired import merged, paired
+
+    first = merged([results / f for f in a[1]])
+    lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
+    for label, folders in others:
+        lines.append(_paired_line(a[0], label, paired(first, merged([results / f for f in folders]))))
+    return "\n".join(lines)
+
+
 def student_test_paired(results: Path, folder: str = "planning_test/come_student", seeds: list[str] | None = None,
                         others: tuple[str, ...] = ("CoME", "NWM", "GNM")) -> str:  # fmt: skip
     """The CoME student's 3 test seeds (one run, ``folder``) paired with the composed CoME, NWM and GNM
     of ``seeds`` (default ``COME_SEEDS``: three runs, one seed each), each sample's error averaged over
     its seeds."""
-    from eval.paired import merged, paired
-
-    student = merged([results / folder / "CoME (student)"])
-    lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
-    for other in others:
-        d = paired(student, merged([results / f / other for f in seeds or COME_SEEDS]))
-        lines.append(_paired_line("CoME (student)", other, d))
-    return "\n".join(lines)
+    student = ("CoME (student)", [f"{folder}/CoME (student)"])
+    return paired_kept(results, student, [(o, [f"{f}/{o}" for f in seeds or COME_SEEDS]) for o in others])
 
 
 def table_timing(results: Path, name: str) -> str:
@@ -286,18 +293,6 @@ def table_timing(results: Path, name: str) -> str:
     seeds = len(report["protocol"]["seeds"])
     lines.append(f"\nWall time: **{report['wall_s'] / 60:.1f} min** for {report['rows'][0]['n']} samples × {seeds} "
                  f"seed{'s' * (seeds > 1)}, {len(report['rows'])} methods.")  # fmt: skip
-    return "\n".join(lines)
-
-
-def paired_runs(results: Path, a: str, others: list[str]) -> str:
-    """Paired differences between ``method`` folders of different ``eval/ate_rpe.py --resume`` runs
-    with the same seeds and samples, each given as "run/method" under ``results``."""
-    from eval.paired import merged, paired
-
-    lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
-    for b in others:
-        d = paired(merged([results / a]), merged([results / b]))
-        lines.append(_paired_line(a.rsplit("/", 1)[1], b.rsplit("/", 1)[1], d))
     return "\n".join(lines)
 
 
@@ -600,9 +595,9 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "outdoor-test-come-seeds": lambda results: seeds_table(results, OUTDOOR_COME_SEEDS, COME_ROWS),
     "outdoor-test-come-seeds-paired": lambda results: paired_seeds(results, OUTDOOR_COME_SEEDS, COME_PAIRS),
     "outdoor-test-paper": lambda results: ate_table(results, "planning_outdoor/paper.json"),
-    "outdoor-test-paper-paired": lambda results: paired_runs(
-        results, "planning_outdoor/paper/NWM (paper protocol)",
-        [f"planning_outdoor/come_seeded/{m}" for m in ("NWM", "GNM", "NoMaD")]),
+    "outdoor-test-paper-paired": lambda results: paired_kept(
+        results, ("NWM (paper protocol)", ["planning_outdoor/paper/NWM (paper protocol)"]),
+        [(m, [f"planning_outdoor/come_seeded/{m}"]) for m in ("NWM", "GNM", "NoMaD")]),
     "student-val": student_val,
     "student-val-paired": student_val_paired,
     "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
