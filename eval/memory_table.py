@@ -43,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import io
 import json
 import resource
 import time
@@ -55,6 +56,7 @@ import torch
 from nav_come.compose import ComposedDenoiser, rollout
 from nav_come.core.data import DataFormatError, load_frames, one_step_actions, poses, read_trajectory, split_path
 from nav_come.core.geometry import wrap_angle
+from nav_come.core.io import atomic_write_bytes
 from nav_come.experts import copy_nearest
 from nav_come.memory_bank import EpisodeMemory
 from planners.config import DEFAULT_RELEVANCE, REGISTRY, relevance_weights
@@ -296,15 +298,33 @@ def _score_memory(world_model, denoisers: dict, memory: EpisodeMemory, seq: dict
     return scores, preds
 
 
+def save_record(path: Path, record: dict) -> None:
+    """One sequence's record of :func:`evaluate` (numbers, names and CPU tensors), written atomically."""
+    buf = io.BytesIO()
+    torch.save(record, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_record(path: Path) -> dict:
+    """A record kept by :func:`save_record`; ValueError naming the file when it cannot be read."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # a torn or foreign file: the message says how to redo it
+        raise ValueError(f"kept result {path} cannot be read ({type(err).__name__}); delete it to redo that "
+                         "sequence") from err  # fmt: skip
+
+
 def evaluate(world_model, denoisers: dict, ltm, sequences, contexts: list[int], spacing: float, seed: int, steps: int,
-             score: Score, with_lpips: bool = False, bar=None) -> list[tuple[int, dict]]:  # fmt: skip
+             score: Score, with_lpips: bool = False, bar=None,
+             keep: Path | None = None) -> list[tuple[int, dict]]:  # fmt: skip
     """Score every row at every context length; see the module docstring.
 
     denoisers: {row name: denoiser} (:func:`denoisers`); ltm: the LTM expert that memorises each memory
     (None: no row uses it); sequences: an iterable of ``(i, load_sequence dict)``, i the sample's index
     in the full list (its noise is seeded from (seed, i), whichever sequences come before it). Returns
     per sequence ``(i, {L: {"scores": {row: {metric: value}}, "memorised": (seconds, frames) or None,
-    "shown": figure entry or None}})``, for :func:`summarise`.
+    "shown": figure entry or None}})``, for :func:`summarise`. keep: a folder where each sequence's
+    record is saved as ``<i>.pt`` when it is done (``--resume``).
     """
     out = []
     for n, (i, seq) in enumerate(sequences):
@@ -329,6 +349,8 @@ def evaluate(world_model, denoisers: dict, ltm, sequences, contexts: list[int], 
             record[L] = {"scores": scores, "memorised": memorised, "shown": shown}
             if bar is not None:
                 bar.update()
+        if keep is not None:
+            save_record(keep / f"{i}.pt", record)
         out.append((i, record))
     return out
 

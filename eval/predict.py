@@ -37,7 +37,7 @@ process reports.
 ``--memory`` runs the memory ablation instead (:mod:`eval.memory_table`)::
 
     python eval/predict.py --memory [--data DIR] [--ckpt DIR] [--json out.json] [--n-seq N]
-                           [--context L [L ...]] [--steps K] [--seed S] [--figure out.png]
+                           [--context L [L ...]] [--steps K] [--seed S] [--figure out.png] [--resume DIR]
 
 on the test split's ``memory_eval.json`` sequences, with the experts found beside the world
 model (``CKPT/{stm,sltm,ssm,full}``, optional ``CKPT/ltm/config.json``; see
@@ -49,6 +49,9 @@ model (``CKPT/{stm,sltm,ssm,full}``, optional ``CKPT/ltm/config.json``; see
 
 with the methods of ``eval.memory_table.ROWS`` (Base, +STM, +LTM, +SLTM, ..., CoME, CoME (fixed α),
 CoME (no contrast), Sliding, SSM, Full) and copy_nearest, one row per method per context length L.
+``--resume DIR`` keeps each sequence's scores in ``DIR/<i>.pt`` as it is done and reads them back
+instead of scoring again, so that a run longer than a session finishes in several; the folder's
+``protocol.json`` refuses results made with other settings, data or checkpoints.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=DEFAULT_NORMALISE,
                    help="composed rows: coefficients scaled to sum to 1 (default: on, chosen on val)")  # fmt: skip
     m.add_argument("--figure", type=Path, help="PNG: context strip, ground truth and each method, a few sequences")
+    m.add_argument("--resume", type=Path, metavar="DIR",
+                   help="keep each sequence's scores in DIR and reuse them: an interrupted run resumes")  # fmt: skip
     return p
 
 
@@ -313,13 +318,22 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
     contexts, steps = sorted(set(args.context)), steps or model.sampler_steps
     longest = max(contexts)
     mine = distributed.shard(samples, dist)  # (index, sample): sequence i's noise is seeded from (seed, i)
-    sequences = ((i, memory_table.load_sequence(model, data, s, spacing, longest)) for i, s in mine)
+    kept = {}
+    if args.resume is not None:
+        try:
+            kept = _kept_sequences(args, data, model, experts_dir, list(denoisers), contexts, steps, len(samples), mine)
+        except ValueError as e:
+            return _fail(str(e))
+    todo = [(i, s) for i, s in mine if i not in kept]
+    sequences = ((i, memory_table.load_sequence(model, data, s, spacing, longest)) for i, s in todo)
     try:
         with tqdm(total=len(mine) * len(contexts), desc="memory table", unit="seq", disable=not dist.is_main) as bar:
+            bar.update(len(kept) * len(contexts))
             scored = memory_table.evaluate(model, denoisers, ltm, sequences, contexts, spacing, args.seed, steps,
-                                           _scores, lpips_available(), bar)  # fmt: skip
+                                           _scores, lpips_available(), bar, args.resume)  # fmt: skip
     except DataFormatError as e:
         return _fail(str(e))
+    scored += list(kept.items())
     records = distributed.gather(scored, dist)
     if records is None:  # not rank 0
         return 0
@@ -338,6 +352,34 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
     if args.figure and out["shown"]:
         save_memory_figure(args.figure, out["shown"])
     return 0
+
+
+def _kept_sequences(args: argparse.Namespace, data: Path, model: WorldModel, experts_dir: Path, rows: list[str],
+                    contexts: list[int], steps: int, n_seq: int,
+                    mine: list[tuple[int, dict]]) -> dict[int, dict]:  # fmt: skip
+    """``--resume``: the records of this rank's sequences kept in the folder, after checking that it
+    holds results made with these settings, data and checkpoints (ValueError otherwise)."""
+    import hashlib
+
+    from eval.ate_rpe import check_resume
+    from nav_come.core.checkpoint import checkpoint_hash
+    from nav_come.core.data import split_path
+    from nav_come.core.data.recon import data_fingerprint
+    from nav_come.core.layout import checkpoints_fingerprint
+
+    split = split_path(data, args.split, args.split_dir, args.dataset)
+    protocol = {"data": str(data), "split": args.split, "seed": args.seed, "n_seq": n_seq, "contexts": contexts,
+                "sampler_steps": steps, "rows": rows, "alphas": parse_alphas(args.alpha),
+                "relevance": parse_relevance(args.relevance), "variants": [parse_relevance(v) for v in args.variant],
+                "normalise": args.normalise, "precision": resolve(args.precision, model.device),
+                "lpips": lpips_available(), "distilled": str(args.distilled) if args.distilled else None,
+                "data_content": data_fingerprint(data, split),
+                "memory_eval": hashlib.sha256((split.parent / "memory_eval.json").read_bytes()).hexdigest()[:16],
+                "ckpt_content": checkpoints_fingerprint(experts_dir)}  # fmt: skip
+    if "CoME (student)" in rows:  # an opt-in part, outside the checkpoints' fingerprint
+        protocol["student_content"] = checkpoint_hash(experts_dir / "student")
+    check_resume(args.resume, protocol)
+    return {i: memory_table.load_record(path) for i, _ in mine if (path := args.resume / f"{i}.pt").is_file()}
 
 
 def run_windows(args: argparse.Namespace, dist: Distributed) -> int:

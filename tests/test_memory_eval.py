@@ -128,6 +128,25 @@ def test_rows_selects_rows_with_the_same_numbers(setup, report):
     assert all(got[k] == full[k] for k in got)
 
 
+def test_resume_reuses_kept_sequences_and_refuses_other_settings(setup, report, capsys):
+    kept, out = setup / "kept", setup / "resumed.json"
+    assert run(setup, "--seed", "3", "--resume", str(kept), "--rows", "+LTM", "CoME") == 0
+    assert sorted(p.name for p in kept.glob("*.pt")) == ["0.pt", "1.pt", "2.pt"]
+    (kept / "1.pt").unlink()  # an interrupted run: one sequence still to do
+    (kept / "2.pt").write_bytes(b"torn")
+    assert run(setup, "--seed", "3", "--resume", str(kept), "--rows", "+LTM", "CoME") == 2
+    assert "kept result" in capsys.readouterr().err
+    (kept / "2.pt").unlink()
+    assert run(setup, "--seed", "3", "--resume", str(kept), "--rows", "+LTM", "CoME", "--json", str(out)) == 0
+    got = {(r["method"], r["context"]): r["psnr"] for r in json.loads(out.read_text())["rows"]}
+    full = {(r["method"], r["context"]): r["psnr"] for r in report["rows"]}
+    assert got == {k: full[k] for k in got} and len(got) == 4  # the same numbers as one uninterrupted run
+    capsys.readouterr()
+    assert run(setup, "--seed", "4", "--resume", str(kept), "--rows", "+LTM", "CoME") == 2
+    err = capsys.readouterr().err
+    assert "other settings (seed)" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
