@@ -263,12 +263,17 @@ def paired_kept(results: Path, a: tuple[str, list[str]], others: list[tuple[str,
     """Paired ATE and RPE differences of method A against each other method, each given as (label,
     its ``eval/ate_rpe.py --resume`` method folders under ``results``, one per seed run): each
     sample's error averaged over its seeds, mean ± one standard error over the samples."""
+    return paired_kept_pairs(results, [(a, b) for b in others])
+
+
+def paired_kept_pairs(results: Path, pairs: list[tuple[tuple[str, list[str]], tuple[str, list[str]]]]) -> str:
+    """:func:`paired_kept` for any pairs ((label A, folders of A), (label B, folders of B))."""
     from eval.paired import merged, paired
 
-    first = merged([results / f for f in a[1]])
     lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
-    for label, folders in others:
-        lines.append(_paired_line(a[0], label, paired(first, merged([results / f for f in folders]))))
+    for (a, a_folders), (b, b_folders) in pairs:
+        d = paired(merged([results / f for f in a_folders]), merged([results / f for f in b_folders]))
+        lines.append(_paired_line(a, b, d))
     return "\n".join(lines)
 
 
@@ -361,6 +366,8 @@ COME_PAIRS = [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"), ("CoME", "NoMaD"
 OUTDOOR_COME_SEEDS = [f"planning_outdoor/come_seeded{s}" for s in ("", "_s1", "_s2")]
 NAVIGATE_TEST = ["navigate/test40_policies_k1.json", "navigate/test40_policies_k4.json", "navigate/test40.json"]
 OUTDOOR_NAVIGATE = [f"navigate/outdoor_test40_policies_k{k}.json" for k in (1, 4, 8)] + ["navigate/outdoor_test40.json"]
+OUTDOOR_MEMORY_ROWS = [(m, [f"planning_outdoor/memory_rows/{m}"]) for m in ("NWM+STM", "NWM+LTM")]
+OUTDOOR_SEED0 = [(m, [f"planning_outdoor/come_seeded/{m}"]) for m in ("NWM", "CoME", "GNM", "NoMaD")]
 NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), ("NWM@8", "GNM@8"),
                   ("CoME@8", "GNM@4"), ("CoME@8", "NWM@8")]
 
@@ -429,6 +436,12 @@ STUDENT_NAV_TEST_PAIRS = [(f"{STUDENT}@2", "GNM@1"), (f"{STUDENT}@2", "NoMaD@1")
                           (f"{STUDENT}@2", "CoME@8"), (f"{STUDENT_COLL}@2", "GNM@1"), (f"{STUDENT_COLL}@2", "NWM@8"),
                           (f"{STUDENT_COLL}@2", f"{STUDENT}@2"), (f"{STUDENT}@2", f"{NWM_ROUTE_2}@2"),
                           (f"{NWM_ROUTE_2}@2", "GNM@1"), (f"{NWM_ROUTE_2}@2", "NoMaD + route 0.3@1")]
+
+OUTDOOR_STUDENT_NAV = OUTDOOR_NAVIGATE[:2] + OUTDOOR_NAVIGATE[3:] + [
+    "navigate/outdoor_test40_nomad_route_k1.json", "navigate/outdoor_test40_student_route_k2.json"]
+OUTDOOR_STUDENT_NAV_PAIRS = [(f"{STUDENT}@2", "GNM@4"), (f"{STUDENT}@2", "GNM@1"), (f"{STUDENT}@2", "NoMaD@1"),
+                             (f"{STUDENT}@2", "NWM@8"), (f"{STUDENT}@2", "NoMaD + route 0.3@1"),
+                             ("NoMaD + route 0.3@1", "NoMaD@1"), ("NoMaD + route 0.3@1", "GNM@4")]
 
 PERFECT_TEST = ["navigate/test40_policies_k1.json", "navigate/test40.json", "navigate/test40_true_views.json",
                 "navigate/test40_nomad_route_k1.json"]
@@ -648,6 +661,12 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "navigate-test-paired": lambda results: paired_success(results, NAVIGATE_TEST, NAVIGATE_PAIRS),
     "outdoor-navigate": lambda results: navigate_table(results, OUTDOOR_NAVIGATE),
     "outdoor-navigate-paired": lambda results: paired_success(results, OUTDOOR_NAVIGATE, NAVIGATE_PAIRS[:4]),
+    "outdoor-navigate-student": lambda results: navigate_table(results, OUTDOOR_STUDENT_NAV),
+    "outdoor-navigate-student-paired": lambda results: paired_success(results, OUTDOOR_STUDENT_NAV,
+                                                                      OUTDOOR_STUDENT_NAV_PAIRS),
+    "outdoor-test-memory-rows": lambda results: ate_table(results, "planning_outdoor/memory_rows.json"),
+    "outdoor-test-memory-rows-paired": lambda results: paired_kept_pairs(
+        results, [(a, b) for a in OUTDOOR_MEMORY_ROWS for b in OUTDOOR_SEED0]),
 }
 
 
