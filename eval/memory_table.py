@@ -343,8 +343,8 @@ def evaluate(world_model, denoisers: dict, ltm, sequences, contexts: list[int], 
             shown = None
             if i < FIGURE_SEQS and L == contexts[-1]:
                 strip = np.linspace(len(seq["frames"]) - T, len(seq["frames"]) - 1, len(seq["truth"])).round()
-                shown = {"label": seq["label"], "context": T, "strip": seq["frames"][strip.astype(int)],
-                         "truth": seq["truth"], "preds": preds}  # fmt: skip
+                shown = {"label": seq["label"], "context": T, "strip": seq["frames"][strip.astype(int)].half(),
+                         "truth": seq["truth"].half(), "preds": {k: v.half() for k, v in preds.items()}}  # fmt: skip
             memorised = (report.seconds, report.frames) if report is not None and report.frames else None
             record[L] = {"scores": scores, "memorised": memorised, "shown": shown}
             if bar is not None:
