@@ -321,7 +321,9 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
     kept = {}
     if args.resume is not None:
         try:
-            kept = _kept_sequences(args, data, model, experts_dir, list(denoisers), contexts, steps, len(samples), mine)
+            settings = {"alphas": alphas, "relevance": relevance, "variants": variants}
+            kept = _kept_sequences(args, data, model, experts_dir, list(denoisers), contexts, steps, len(samples), mine,
+                                   settings)  # fmt: skip
         except ValueError as e:
             return _fail(str(e))
     todo = [(i, s) for i, s in mine if i not in kept]
@@ -356,9 +358,10 @@ def run_memory(args: argparse.Namespace, dist: Distributed) -> int:
 
 def _kept_sequences(args: argparse.Namespace, data: Path, model: WorldModel, experts_dir: Path, rows: list[str],
                     contexts: list[int], steps: int, n_seq: int,
-                    mine: list[tuple[int, dict]]) -> dict[int, dict]:  # fmt: skip
+                    mine: list[tuple[int, dict]], settings: dict) -> dict[int, dict]:  # fmt: skip
     """``--resume``: the records of this rank's sequences kept in the folder, after checking that it
-    holds results made with these settings, data and checkpoints (ValueError otherwise)."""
+    holds results made with these settings (the parsed alphas, relevance and variants among them),
+    data and checkpoints (ValueError otherwise)."""
     import hashlib
 
     from eval.ate_rpe import check_resume
@@ -369,9 +372,8 @@ def _kept_sequences(args: argparse.Namespace, data: Path, model: WorldModel, exp
 
     split = split_path(data, args.split, args.split_dir, args.dataset)
     protocol = {"data": str(data), "split": args.split, "seed": args.seed, "n_seq": n_seq, "contexts": contexts,
-                "sampler_steps": steps, "rows": rows, "alphas": parse_alphas(args.alpha),
-                "relevance": parse_relevance(args.relevance), "variants": [parse_relevance(v) for v in args.variant],
-                "normalise": args.normalise, "precision": resolve(args.precision, model.device),
+                "sampler_steps": steps, "rows": rows, **settings, "normalise": args.normalise,
+                "precision": resolve(args.precision, model.device),
                 "lpips": lpips_available(), "distilled": str(args.distilled) if args.distilled else None,
                 "data_content": data_fingerprint(data, split),
                 "memory_eval": hashlib.sha256((split.parent / "memory_eval.json").read_bytes()).hexdigest()[:16],
