@@ -358,7 +358,9 @@ def evaluate(world_model, denoisers: dict, ltm, sequences, contexts: list[int], 
 def summarise(records: list[dict], contexts: list[int], names: list[str], device: torch.device) -> dict:
     """The table from :func:`evaluate`'s records of every sequence, in order: {"rows", "ltm":
     [{context, s_per_stored_frame, frames}], "peak_memory", "shown"}. Means and standard errors are
-    over all sequences, whichever rank scored them; so are the timings, each measured by its rank."""
+    over all sequences, whichever rank scored them; so are the timings, each measured by its rank.
+    Each row keeps its PSNR per sequence (``psnr_per_seq``, in the records' order) for paired
+    differences between rows."""
     keys = ("psnr", "ssim", "lpips", "s_per_frame", "peak_mb", "frames", "prepare_s")
     split = ("revisit_psnr", "revisit_ssim", "new_psnr", "new_ssim")
     rows = []
@@ -375,7 +377,7 @@ def summarise(records: list[dict], contexts: list[int], names: list[str], device
                          "lpips": _summary(a["lpips"])[0] if a["lpips"] else None,
                          "s_per_frame": float(np.mean(a["s_per_frame"])), "peak_mb": float(max(a["peak_mb"])),
                          "n": len(a["psnr"]), "context": L, "context_frames": float(np.mean(a["frames"])),
-                         "prepare_s": float(np.mean(a["prepare_s"]))})  # fmt: skip
+                         "prepare_s": float(np.mean(a["prepare_s"])), "psnr_per_seq": a["psnr"]})  # fmt: skip
             for part, prefix in (("revisit", "revisit_"), ("non_revisit", "new_")):
                 values = a[prefix + "psnr"]
                 rows[-1][part] = {"psnr": _summary(values)[0] if values else None,

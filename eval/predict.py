@@ -45,7 +45,8 @@ model (``CKPT/{stm,sltm,ssm,full}``, optional ``CKPT/ltm/config.json``; see
 
     {"rows": [{"method", "psnr", "psnr_se", "ssim", "ssim_se", "lpips", "s_per_frame",
                "peak_mb", "n", "context", "revisit": {"psnr", "psnr_se", "ssim", "n"},
-               "non_revisit": {...}, ...}, ...], "skipped": {method: reason}, "relevance", ...}
+               "non_revisit": {...}, "psnr_per_seq": [PSNR of each sequence, in order], ...}, ...],
+     "skipped": {method: reason}, "relevance", ...}
 
 with the methods of ``eval.memory_table.ROWS`` (Base, +STM, +LTM, +SLTM, ..., CoME, CoME (fixed α),
 CoME (no contrast), Sliding, SSM, Full) and copy_nearest, one row per method per context length L.

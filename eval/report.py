@@ -308,12 +308,18 @@ PERFECT_SHORT = {"imagined": "imagined views", "true": "true views", "gnm": "GNM
 def seeds_table(results: Path, folders: list[str], methods: list[str]) -> str:
     """Methods' ATE and RPE over several ``eval/ate_rpe.py --resume`` folders, one seed each: every
     seed's mean over the samples all folders hold, then the mean ± std over the seeds."""
+    return seeds_rows(results, [(m, [f"{f}/{m}" for f in folders]) for m in methods])
+
+
+def seeds_rows(results: Path, rows: list[tuple[str, list[str]]]) -> str:
+    """:func:`seeds_table` for rows given as (label, its ``--resume`` method folders under
+    ``results``, one per seed run, each holding one or more seeds)."""
     from eval.paired import merged
 
     lines = ["| method | ATE | RPE | ATE (m) | ATE per seed | samples × seeds |", "|---|---|---|---|---|---|"]
-    spacing = _load(results, f"{folders[0]}/protocol.json")["metric_waypoint_spacing"]
-    for m in methods:
-        err = np.stack(list(merged([results / f / m for f in folders]).values()))  # (n, S, 2)
+    spacing = _load(results, f"{Path(rows[0][1][0]).parent}/protocol.json")["metric_waypoint_spacing"]
+    for m, folders in rows:
+        err = np.stack(list(merged([results / f for f in folders]).values()))  # (n, S, 2)
         ate, rpe = err[..., 0].mean(0), err[..., 1].mean(0)  # (S,) per seed
         lines.append(f"| {m} | {ate.mean():.3f} ± {ate.std():.3f} | {rpe.mean():.3f} ± {rpe.std():.3f} | "
                      f"{ate.mean() * spacing:.3f} | {' / '.join(f'{a:.3f}' for a in ate)} | "
@@ -559,6 +565,28 @@ def memory_ablation(results: Path, name: str) -> str:
     return "\n".join(lines)
 
 
+MEMORY_PAIRS = [("CoME", "Base"), ("CoME", "+LTM"), ("CoME", "+SLTM"), ("CoME", "SLTM alone"),
+                ("CoME", "+STM+LTM+SLTM"), ("CoME", "CoME (fixed α)"), ("CoME", "CoME (no contrast)"),
+                ("CoME", "copy_nearest"), ("CoME (student)", "+SLTM"), ("CoME (student)", "copy_nearest")]
+
+
+def memory_paired(results: Path, name: str, pairs=MEMORY_PAIRS) -> str:
+    """Paired PSNR differences between rows of an ``eval/predict.py --memory`` JSON at each context
+    length: A − B per sequence, mean ± one standard error over the sequences."""
+    rows = _load(results, name)["rows"]
+    contexts = sorted({r["context"] for r in rows})
+    per = {(r["method"], r["context"]): np.asarray(r["psnr_per_seq"]) for r in rows}
+    lines = ["| difference | " + " | ".join(f"PSNR L={L}" for L in contexts) + " | sequences |",
+             "|---" * (len(contexts) + 2) + "|"]  # fmt: skip
+    for a, b in pairs:
+        cells = []
+        for L in contexts:
+            d = per[a, L] - per[b, L]
+            cells.append(f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}")
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + f" | {len(d)} |")
+    return "\n".join(lines)
+
+
 SLTM_CHOICE = (  # (file under results/memory_val, row, SLTM, alpha, relevance weight, band)
     ("old_sltm_fixed.json", "Base", "-", "-", "-", "-"),
     ("old_sltm_fixed.json", "copy_nearest", "-", "-", "-", "-"),
@@ -636,7 +664,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "memory-stm-val": lambda results: memory_ablation(results, "memory_val/old_sltm_ltm_relevance.json"),
     "memory-final-val": lambda results: memory_ablation(results, "memory_val/final_sltm.json"),
     "memory-test": lambda results: memory_ablation(results, "memory/maze_test.json"),
-    "memory-outdoor": lambda results: memory_ablation(results, "memory/outdoor_test12.json"),
+    "memory-outdoor": lambda results: memory_ablation(results, "memory/outdoor_test.json"),
+    "memory-outdoor-paired": lambda results: memory_paired(results, "memory/outdoor_test.json"),
     "navigate-val": lambda results: navigate_table(results, [f"navigate_val/policies_k{k}.json" for k in (1, 2, 4, 8)]
                                                    + [f"navigate_val/nwm_k{k}.json" for k in (4, 8)]),
     "navigate-val-policies": lambda results: navigate_table(results, [f"navigate_val/policies20_k{k}.json"

@@ -4,6 +4,7 @@ import copy
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from helpers import add_tiny_policies, make_fake_dataset
@@ -85,6 +86,7 @@ def test_json_contract_rows_and_figure(setup, report):
         assert isinstance(row["psnr"], float) and isinstance(row["ssim"], float) and row["psnr_se"] >= 0
         assert row["lpips"] is None and row["n"] == 3  # no LPIPS weights on this machine
         assert row["s_per_frame"] > 0 and row["peak_mb"] >= 0
+        assert len(row["psnr_per_seq"]) == row["n"] and np.mean(row["psnr_per_seq"]) == pytest.approx(row["psnr"])
     assert report["skipped"] == {} and report["split"] == "test" and report["seed"] == 3
     assert report["alphas"] == {"base": 1.0, "stm": 2.0, "ltm": 2.0, "sltm": 1.0}
     assert (setup / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
