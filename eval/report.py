@@ -374,6 +374,9 @@ NAVIGATE_TEST = ["navigate/test40_policies_k1.json", "navigate/test40_policies_k
 OUTDOOR_NAVIGATE = [f"navigate/outdoor_test40_policies_k{k}.json" for k in (1, 4, 8)] + ["navigate/outdoor_test40.json"]
 OUTDOOR_MEMORY_ROWS = [(m, [f"planning_outdoor/memory_rows/{m}"]) for m in ("NWM+STM", "NWM+LTM")]
 OUTDOOR_SEED0 = [(m, [f"planning_outdoor/come_seeded/{m}"]) for m in ("NWM", "CoME", "GNM", "NoMaD")]
+PAPER = "NWM (paper protocol)"
+OUTDOOR_PAPER = (PAPER, [f"planning_outdoor/paper{s}/{PAPER}" for s in ("", "_s1", "_s2")])
+OUTDOOR_SEEDS3 = {m: (m, [f"{f}/{m}" for f in OUTDOOR_COME_SEEDS]) for m in COME_ROWS}
 NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), ("NWM@8", "GNM@8"),
                   ("CoME@8", "GNM@4"), ("CoME@8", "NWM@8")]
 
@@ -635,10 +638,9 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "outdoor-test-come-paired": lambda results: paired_ate(results, "planning_outdoor/come_seeded", COME_PAIRS),
     "outdoor-test-come-seeds": lambda results: seeds_table(results, OUTDOOR_COME_SEEDS, COME_ROWS),
     "outdoor-test-come-seeds-paired": lambda results: paired_seeds(results, OUTDOOR_COME_SEEDS, COME_PAIRS),
-    "outdoor-test-paper": lambda results: ate_table(results, "planning_outdoor/paper.json"),
+    "outdoor-test-paper": lambda results: seeds_rows(results, [OUTDOOR_PAPER]),
     "outdoor-test-paper-paired": lambda results: paired_kept(
-        results, ("NWM (paper protocol)", ["planning_outdoor/paper/NWM (paper protocol)"]),
-        [(m, [f"planning_outdoor/come_seeded/{m}"]) for m in ("NWM", "GNM", "NoMaD")]),
+        results, OUTDOOR_PAPER, [OUTDOOR_SEEDS3[m] for m in ("NWM", "GNM", "NoMaD")]),
     "student-val": student_val,
     "student-val-paired": student_val_paired,
     "memory-student-val": lambda results: memory_ablation(results, "memory_val/student.json"),
