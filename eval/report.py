@@ -372,11 +372,13 @@ COME_PAIRS = [("CoME", "NWM"), ("CoME", "GNM"), ("NWM", "GNM"), ("CoME", "NoMaD"
 OUTDOOR_COME_SEEDS = [f"planning_outdoor/come_seeded{s}" for s in ("", "_s1", "_s2")]
 NAVIGATE_TEST = ["navigate/test40_policies_k1.json", "navigate/test40_policies_k4.json", "navigate/test40.json"]
 OUTDOOR_NAVIGATE = [f"navigate/outdoor_test40_policies_k{k}.json" for k in (1, 4, 8)] + ["navigate/outdoor_test40.json"]
-OUTDOOR_MEMORY_ROWS = [(m, [f"planning_outdoor/memory_rows/{m}"]) for m in ("NWM+STM", "NWM+LTM")]
-OUTDOOR_SEED0 = [(m, [f"planning_outdoor/come_seeded/{m}"]) for m in ("NWM", "CoME", "GNM", "NoMaD")]
 PAPER = "NWM (paper protocol)"
 OUTDOOR_PAPER = (PAPER, [f"planning_outdoor/paper{s}/{PAPER}" for s in ("", "_s1", "_s2")])
 OUTDOOR_SEEDS3 = {m: (m, [f"{f}/{m}" for f in OUTDOOR_COME_SEEDS]) for m in COME_ROWS}
+OUTDOOR_MEMORY_SEEDS3 = {m: (m, [f"planning_outdoor/memory_rows/{m}", f"planning_outdoor/memory_rows_s12/{m}"])
+                         for m in ("NWM+STM", "NWM+LTM")}  # fmt: skip
+OUTDOOR_ALL = [*OUTDOOR_SEEDS3.values(), ("CoME (student)", ["planning_outdoor/come_student/CoME (student)"]),
+               *OUTDOOR_MEMORY_SEEDS3.values(), OUTDOOR_PAPER]  # the whole outdoor table, 3 seeds each
 NAVIGATE_PAIRS = [("NWM@8", "GNM@4"), ("NWM@8", "NoMaD@4"), ("NWM@8", "GNM@1"), ("NWM@8", "GNM@8"),
                   ("CoME@8", "GNM@4"), ("CoME@8", "NWM@8")]
 
@@ -695,9 +697,11 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "outdoor-navigate-student": lambda results: navigate_table(results, OUTDOOR_STUDENT_NAV),
     "outdoor-navigate-student-paired": lambda results: paired_success(results, OUTDOOR_STUDENT_NAV,
                                                                       OUTDOOR_STUDENT_NAV_PAIRS),
-    "outdoor-test-memory-rows": lambda results: ate_table(results, "planning_outdoor/memory_rows.json"),
+    "outdoor-test-memory-rows": lambda results: seeds_rows(results, list(OUTDOOR_MEMORY_SEEDS3.values())),
     "outdoor-test-memory-rows-paired": lambda results: paired_kept_pairs(
-        results, [(a, b) for a in OUTDOOR_MEMORY_ROWS for b in OUTDOOR_SEED0]),
+        results, [(a, OUTDOOR_SEEDS3[b]) for a in OUTDOOR_MEMORY_SEEDS3.values()
+                  for b in ("NWM", "CoME", "GNM", "NoMaD")]),  # fmt: skip
+    "outdoor-test-all": lambda results: seeds_rows(results, OUTDOOR_ALL),
 }
 
 
