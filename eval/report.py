@@ -270,10 +270,16 @@ def paired_kept_pairs(results: Path, pairs: list[tuple[tuple[str, list[str]], tu
     """:func:`paired_kept` for any pairs ((label A, folders of A), (label B, folders of B))."""
     from eval.paired import merged, paired
 
+    kept: dict[tuple[str, ...], dict] = {}  # folders -> merged records: each read once
+
+    def load(folders: list[str]) -> dict:
+        if tuple(folders) not in kept:
+            kept[tuple(folders)] = merged([results / f for f in folders])
+        return kept[tuple(folders)]
+
     lines = ["| difference | ATE | RPE | samples |", "|---|---|---|---|"]
     for (a, a_folders), (b, b_folders) in pairs:
-        d = paired(merged([results / f for f in a_folders]), merged([results / f for f in b_folders]))
-        lines.append(_paired_line(a, b, d))
+        lines.append(_paired_line(a, b, paired(load(a_folders), load(b_folders))))
     return "\n".join(lines)
 
 
